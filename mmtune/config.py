@@ -1,0 +1,309 @@
+"""One configuration mechanism: a YAML file validated into dataclasses, plus `key.sub=value`
+overrides. Every error names the key and says what to change ("did you mean ...").
+
+    cfg = load_config("examples/speech_digits/config.yaml", ["max_steps=2", "train.lr=1e-3"])
+"""
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TRAIN_PLANS = ("frozen", "lora", "full")
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is bad; the message names the key and the fix."""
+
+
+def _check_choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+@dataclass
+class ProjectorConfig:
+    type: str = "mlp"  # linear | mlp (LLaVA mlp2x_gelu) | stack (ultravox: stack frames + SwiGLU)
+    layers: int = 2  # mlp: number of Linear layers (GELU between them)
+    stack: int = 1  # stack: consecutive encoder frames concatenated into one token
+    hidden_size: int | None = None  # inner width; default: the LLM's hidden size
+    frozen: bool = False  # projectors train unless frozen
+
+    def __post_init__(self):
+        _check_choice("type", self.type, ("linear", "mlp", "stack"))
+        if self.layers < 1:
+            raise ConfigError(f"layers: must be >= 1, got {self.layers}")
+        if self.stack < 1:
+            raise ConfigError(f"stack: must be >= 1, got {self.stack}")
+        if self.type != "stack" and self.stack != 1:
+            raise ConfigError("stack: frame stacking needs projector.type: stack")
+
+
+@dataclass
+class TowerConfig:
+    """An encoder tower: given by a local path / hub id, or built from a transformers config."""
+
+    path: str | None = None
+    config: dict | None = None  # e.g. {model_type: whisper, d_model: 64, ...} for offline tiny models
+    train: str = "frozen"  # frozen | lora | full
+    feature_layer: int = -2  # vision: hidden state fed to the projector (LLaVA: second to last)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+
+    def __post_init__(self):
+        if (self.path is None) == (self.config is None):
+            raise ConfigError("give exactly one of `path` (checkpoint or hub id) or `config`")
+        _check_choice("train", self.train, TRAIN_PLANS)
+
+
+@dataclass
+class LLMConfig:
+    path: str | None = None
+    config: dict | None = None  # e.g. {model_type: qwen2, hidden_size: 64, ...}
+    tokenizer: str | None = None  # default: `path`; required with `config`
+    train: str = "lora"  # frozen | lora | full
+    chat_template: str | None = None  # overrides the tokenizer's template (Jinja text)
+
+    def __post_init__(self):
+        if (self.path is None) == (self.config is None):
+            raise ConfigError("give exactly one of `path` (checkpoint or hub id) or `config`")
+        if self.config is not None and self.tokenizer is None:
+            raise ConfigError("tokenizer: an LLM built from `config` needs a tokenizer path")
+        _check_choice("train", self.train, TRAIN_PLANS)
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"  # "all-linear" or a list of module names
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ConfigError(f"r: must be >= 1, got {self.r}")
+
+
+@dataclass
+class ModelConfig:
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    audio: TowerConfig | None = None
+    vision: TowerConfig | None = None
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    attn_implementation: str = "auto"  # auto | flash_attention_2 | varlen | sdpa | eager
+    dtype: str = "float32"  # float32 | bfloat16 | float16: weights of the base models
+    init_seed: int = 0  # seed for parts built from a config (deterministic rebuilds)
+
+    def __post_init__(self):
+        _check_choice("attn_implementation", self.attn_implementation,
+                      ("auto", "flash_attention_2", "varlen", "sdpa", "eager"))
+        _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+
+
+@dataclass
+class AugmentConfig:
+    """Training-only audio augmentation; everything off by default."""
+
+    spec_augment: bool = False
+    freq_mask: int = 15  # max mel bins masked per mask
+    time_mask: int = 50  # max frames masked per mask
+    num_masks: int = 2
+    speed: list | None = None  # e.g. [0.9, 1.0, 1.1]
+    noise_snr_db: float | None = None  # additive white noise at this SNR
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None  # manifest (JSONL, or LLaVA .json)
+    eval: str | None = None
+    instruction: str = "Transcribe the audio."  # user prompt for the ASR shorthand {"audio", "text"}
+    system: str | None = None
+    max_length: int = 2048  # tokens per sample, placeholders included
+    truncation: str = "drop"  # drop | text: over-long samples are dropped or cut in text only
+    train_on: str = "all"  # all | last: which assistant turns are supervised
+    on_bad_sample: str = "error"  # error | skip
+    batching: str = "padded"  # padded | packed
+    batch_size: int = 8  # samples per batch (padded without a token budget)
+    max_tokens_per_batch: int | None = None  # token budget: best-fit packing / length batching
+    group_by_length: bool = True
+    image_resize: str = "crop"  # crop (CLIP) | pad (LLaVA pad-to-square)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        _check_choice("truncation", self.truncation, ("drop", "text"))
+        _check_choice("train_on", self.train_on, ("all", "last"))
+        _check_choice("on_bad_sample", self.on_bad_sample, ("error", "skip"))
+        _check_choice("batching", self.batching, ("padded", "packed"))
+        _check_choice("image_resize", self.image_resize, ("crop", "pad"))
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/mmtune"
+    max_steps: int = 100  # optimizer steps
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | linear | constant
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # no | bf16 | fp16 (used where the device supports it)
+    gradient_checkpointing: bool = False
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate only at the end
+    save_every: int = 0  # 0: save only at the end
+    keep_last: int = 2
+    seed: int = 0
+    resume: str | None = None  # auto | PATH
+
+    def __post_init__(self):
+        _check_choice("schedule", self.schedule, ("cosine", "linear", "constant"))
+        _check_choice("mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+        if self.max_steps < 1:
+            raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
+        if self.grad_accum < 1:
+            raise ConfigError(f"grad_accum: must be >= 1, got {self.grad_accum}")
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 32
+    max_samples: int | None = None  # evaluate on the first N eval rows
+    batch_size: int = 16
+    metrics: list = field(default_factory=lambda: ["loss"])  # loss, wer, cer, accuracy
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    base_dir: str = "."  # folder of the YAML file; relative paths in it resolve here
+
+
+# top-level short forms of common overrides: `mmtune train cfg.yaml max_steps=2`
+SHORT_KEYS = {"output_dir": "train.output_dir", "max_steps": "train.max_steps",
+              "seed": "train.seed", "resume": "train.resume", "lr": "train.lr"}
+
+
+def _close_match(key: str, choices) -> str:
+    """The closest known key name, or ''."""
+    match = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.5)
+    return match[0] if match else ""
+
+
+def _dataclass_type(tp) -> type | None:
+    """The dataclass inside `tp` (X, X | None), or None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        for arg in typing.get_args(tp):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def _coerce(key: str, value: Any, tp) -> Any:
+    """Check a YAML value against the field's annotated type, converting int -> float."""
+    if value is None:
+        return None
+    allowed = typing.get_args(tp) if (isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union) else (tp,)
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if float in allowed and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    for t in allowed:
+        base = typing.get_origin(t) or t
+        if t is Any or (isinstance(base, type) and isinstance(value, base)):
+            if base is int and isinstance(value, bool):
+                continue
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed if t is not type(None))
+    raise ConfigError(f"{key}: expected {names}, got {value!r}")
+
+
+def from_dict(cls, data: dict | None, prefix: str = ""):
+    """Build dataclass `cls` from a dict, failing on unknown keys with a close match."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            match = _close_match(key, names)
+            raise ConfigError(f"unknown key {full!r}" + (f" (did you mean {prefix}{match}?)" if match else ""))
+        sub = _dataclass_type(hints[key])
+        if sub is not None and (value is not None or hints[key] is sub):
+            kwargs[key] = from_dict(sub, value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(full, value, hints[key])
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}" if prefix else str(e)) from None
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """Apply `key.sub=value` strings (values parsed as YAML: 2, 1e-3, true, [a, b])."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: write it as key.sub=value, e.g. train.lr=1e-4")
+        key, raw = item.split("=", 1)
+        key = SHORT_KEYS.get(key.strip(), key.strip())
+        _set_dotted(tree, key, yaml.safe_load(raw) if raw != "" else None)
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults), apply overrides, validate."""
+    tree: dict = {}
+    base_dir = "."
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        tree = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, train, eval)")
+        base_dir = str(path.resolve().parent)
+    tree = apply_overrides(tree, overrides or [])
+    tree.setdefault("base_dir", base_dir)
+    return from_dict(Config, tree)
+
+
+def resolve_path(cfg: Config, value: str | None) -> str | None:
+    """A path from the config: the config file's folder first, then as given (a hub id stays a hub id)."""
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    candidate = p if p.is_absolute() else Path(cfg.base_dir) / p
+    return str(candidate) if candidate.exists() else value
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
