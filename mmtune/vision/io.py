@@ -1,0 +1,88 @@
+"""Image I/O: read one file into an upright 8-bit RGB Pillow image, or say why it cannot be used.
+
+Every failure is a `MediaError` whose message names the file and what to do about it.
+"""
+
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from mmtune.errors import MediaError
+
+MAX_PIXELS = 64_000_000  # pixels; larger images are refused (decompression bombs)
+
+# Grayscale modes wider than 8 bits, and the value in each that becomes white (255).
+# "I" (32-bit int) is read on the 16-bit scale: 16-bit PNG/TIFF grayscale is what produces it.
+# "F" (32-bit float) is read on the [0, 1] scale; NaN becomes black.
+WHITE_LEVEL = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what Pillow raises on bad bytes
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Read an image file as RGB: EXIF orientation applied, transparency over white, pixels loaded.
+
+    Returns an `Image.Image` of mode "RGB", size (W, H) as displayed (after EXIF rotation).
+    Raises `MediaError` for a missing, corrupt or truncated file, one of more than `max_pixels`
+    pixels, or a mode with no sensible RGB conversion.
+    """
+    if not os.path.isfile(path):
+        raise MediaError(f"image file not found: {path}")
+    return _to_rgb(_decode(path, max_pixels), path)
+
+
+def _decode(path, max_pixels: int) -> Image.Image:
+    """Open, check the header's size, decode every pixel and apply the EXIF orientation."""
+    try:
+        with Image.open(path) as img:
+            _check_pixels(img.size, path, max_pixels)
+            img.load()  # decode now, so a truncated file fails here and not in a data worker later
+            return ImageOps.exif_transpose(img)  # a new image, independent of the closed file
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Pillow's own guard fires inside Image.open, before the size can be read; the warning
+        # only arrives as an exception when the caller's warning filters make it one.
+        raise MediaError(
+            f"image {path} is over Pillow's decompression-bomb limit ({e}); resize it, "
+            f"or raise PIL.Image.MAX_IMAGE_PIXELS as well as max_pixels"
+        ) from e
+    except _DECODE_ERRORS as e:
+        raise MediaError(f"cannot decode image {path}: {e} (is the file truncated?)") from e
+
+
+def _check_pixels(size: tuple[int, int], path, max_pixels: int) -> None:
+    """Refuse an image whose header claims more than `max_pixels` pixels, before decoding it."""
+    width, height = size
+    if width * height > max_pixels:
+        raise MediaError(
+            f"image {path} has {width} x {height} = {width * height} pixels, over the limit of "
+            f"{max_pixels}; resize it or raise max_pixels"
+        )
+
+
+def _to_rgb(img: Image.Image, path) -> Image.Image:
+    """Any mode to 8-bit RGB: wide grayscale rescaled, transparency composited over white."""
+    if img.mode in WHITE_LEVEL:
+        return _wide_gray_to_rgb(img, WHITE_LEVEL[img.mode])
+    try:
+        if img.has_transparency_data:  # RGBA, LA, PA, RGBa, or a tRNS / GIF transparent colour
+            return _over_white(img)
+        return img if img.mode == "RGB" else img.convert("RGB")
+    except ValueError as e:  # Pillow has no conversion for this mode (e.g. "La")
+        raise MediaError(
+            f"image {path} has mode {img.mode}, which mmtune cannot convert to RGB"
+        ) from e
+
+
+def _wide_gray_to_rgb(img: Image.Image, white: float) -> Image.Image:
+    """Scale a 16-bit / 32-bit / float grayscale image so `white` maps to 255 (not clipped)."""
+    values = np.nan_to_num(np.asarray(img, dtype=np.float64))  # (H, W)
+    gray = np.clip(np.rint(values * (255.0 / white)), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")  # (H, W) uint8 -> mode "L"
+
+
+def _over_white(img: Image.Image) -> Image.Image:
+    """Composite an image with transparency over a white background (alpha 0 -> (255, 255, 255))."""
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
