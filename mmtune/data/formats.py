@@ -1,0 +1,353 @@
+"""Manifest rows to `Sample`s: chat JSONL, ASR shorthand and LLaVA JSON, validated, no media loaded.
+
+Every form becomes the same chat structure:
+
+    Sample(messages=[{"role": "user", "content": [{"type": "audio", "path": "/data/a.flac"},
+                                                  {"type": "text", "text": "Transcribe the audio."}]},
+                     {"role": "assistant", "content": [{"type": "text", "text": "three one four"}]}],
+           source="/data/train.jsonl:1")
+
+Accepted rows (extra keys are ignored):
+    chat       {"messages": [{"role": ..., "content": "text" | [part, ...]}, ...]}
+    ASR        {"audio": PATH, "text": TRANSCRIPT, "instruction": optional prompt}
+    LLaVA      {"image": PATH | [PATH, ...], "conversations": [{"from": "human", "value": "<image>\\n..."}, ...]}
+               in a `.json` list or as `.jsonl` rows
+Relative media paths resolve against the manifest's folder; whether the files exist is checked
+when media is loaded, not here. Each bad row is a `DataError` whose source is "file.jsonl:LINE"
+(1-based) or, for a `.json` list, "file.json:#INDEX" (0-based position in the list).
+"""
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from mmtune.errors import DataError
+from mmtune.model.placeholders import AUDIO_TOKEN, IMAGE_TOKEN
+
+ROLES = ("system", "user", "assistant")
+PART_TYPES = ("text", "audio", "image")
+MEDIA_TYPES = ("audio", "image")
+LLAVA_TAG = "<image>"  # LLaVA's image marker inside a turn's text
+LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+PLACEHOLDER_TEXTS = (AUDIO_TOKEN, IMAGE_TOKEN, LLAVA_TAG)  # never valid in text after conversion
+ACCEPTED_ROWS = (
+    '{"messages": [...]} (chat), {"audio": PATH, "text": TRANSCRIPT} (ASR) or '
+    '{"image": PATH, "conversations": [...]} (LLaVA)'
+)
+ASR_EXAMPLE = '{"audio": "a.flac", "text": "..."}'
+ROLE_ORDER = (
+    "after optional system messages, turns must alternate user, assistant, user, ... "
+    "starting with user"
+)
+
+
+@dataclass
+class Sample:
+    messages: list[dict]  # [{"role": "system"|"user"|"assistant", "content": [part, ...]}]
+    source: str  # "path/to/manifest.jsonl:LINE" or "file.json:#INDEX"
+
+
+def read_manifest(
+    path: str | os.PathLike,
+    instruction: str = "Transcribe the audio.",
+    system: str | None = None,
+    on_bad: str = "error",
+) -> tuple[list[Sample], list[DataError]]:
+    """Read a `.jsonl` or LLaVA `.json` manifest into samples.
+
+    on_bad="error" raises the first bad row's DataError; on_bad="skip" returns the bad rows'
+    errors beside the good samples. Problems with the whole file (missing, unknown extension,
+    a `.json` that does not parse or is not a list) always raise.
+
+        samples, bad = read_manifest("data/train.jsonl", on_bad="skip")
+        samples[0].source  # "data/train.jsonl:1"
+    """
+    if on_bad not in ("error", "skip"):
+        raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
+    samples, errors = [], []
+    for item in iter_manifest(path, instruction=instruction, system=system):
+        if isinstance(item, Sample):
+            samples.append(item)
+        elif on_bad == "error":
+            raise item
+        else:
+            errors.append(item)
+    return samples, errors
+
+
+def iter_manifest(
+    path: str | os.PathLike, instruction: str = "Transcribe the audio.", system: str | None = None
+) -> Iterator["Sample | DataError"]:
+    """Yield one `Sample` or `DataError` per row, in file order (file-level problems raise)."""
+    path = str(path)
+    base = os.path.dirname(os.path.abspath(path))
+    for source, row in _iter_rows(path):
+        if isinstance(row, DataError):
+            yield row
+            continue
+        try:
+            yield Sample(parse_row(row, base, instruction, system), source)
+        except DataError as err:
+            yield DataError(source, err.reason)
+
+
+def parse_row(
+    row, base: str, instruction: str = "Transcribe the audio.", system: str | None = None
+) -> list[dict]:
+    """One decoded row to validated messages; raises DataError("", reason) when the row is bad.
+
+        parse_row({"audio": "a.flac", "text": "hi"}, "/data")[1]
+        # {"role": "assistant", "content": [{"type": "text", "text": "hi"}]}
+    """
+    if not isinstance(row, dict):
+        raise DataError("", f"row is a JSON {_json_type(row)}, expected an object: {ACCEPTED_ROWS}")
+    if "messages" in row:
+        messages = _chat_messages(row["messages"], base)
+        labels = [f"messages[{i}]" for i in range(len(messages))]
+    elif "conversations" in row:
+        messages = _llava_messages(row, base)
+        labels = [f"conversations[{i}]" for i in range(len(messages))]
+    elif "audio" in row or "text" in row:
+        messages = _asr_messages(row, base, instruction)
+        labels = ["'instruction'", "'text'"]
+    else:
+        raise DataError("", f"row has no 'messages' (keys: {sorted(row)}); accepted rows: {ACCEPTED_ROWS}")
+    _check_conversation(messages, labels)
+    if system is not None and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+    return messages
+
+
+# ----------------------------------------------------------------------------- reading rows
+
+
+def _iter_rows(path: str) -> Iterator[tuple[str, object]]:
+    """(source, decoded row or DataError) for every row of the file."""
+    if not os.path.isfile(path):
+        raise DataError(path, "manifest file not found; check the path")
+    if path.lower().endswith(".jsonl"):
+        yield from _jsonl_rows(path)
+    elif path.lower().endswith(".json"):
+        yield from _json_rows(path)
+    else:
+        raise DataError(path, "unknown manifest extension; use .jsonl (one JSON object per line) "
+                              "or .json (a LLaVA list)")
+
+
+def _jsonl_rows(path: str) -> Iterator[tuple[str, object]]:
+    with open(path, "rb") as f:
+        data = f.read()
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        source = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield source, DataError(source, _utf8_reason(err, "line"))
+            continue
+        line = line.lstrip("\ufeff") if number == 1 else line
+        if not line.strip():
+            continue
+        try:
+            yield source, json.loads(line)
+        except json.JSONDecodeError as err:
+            reason = f"invalid JSON at column {err.colno}: {err.msg}; each line must be one JSON object"
+            yield source, DataError(source, reason)
+
+
+def _json_rows(path: str) -> Iterator[tuple[str, object]]:
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{line}", _utf8_reason(err, "file")) from None
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}", f"invalid JSON at column {err.colno}: {err.msg}") from None
+    if not isinstance(rows, list):
+        raise DataError(path, f"a .json manifest must be a list of LLaVA rows, got a JSON {_json_type(rows)}; "
+                              "use .jsonl for one object per line")
+    for index, row in enumerate(rows):
+        yield f"{path}:#{index}", row
+
+
+def _utf8_reason(err: UnicodeDecodeError, what: str) -> str:
+    offset = "" if what == "file" else f" at byte {err.start + 1}"
+    return f"{what} is not valid UTF-8{offset} ({err.reason}); re-save the manifest as UTF-8"
+
+
+def _json_type(value) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return names.get(type(value), "null")
+
+
+# ----------------------------------------------------------------------------- chat rows
+
+
+def _chat_messages(messages, base: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise DataError("", "'messages' must be a non-empty list of {\"role\": ..., \"content\": ...} objects")
+    return [_chat_message(m, f"messages[{i}]", base) for i, m in enumerate(messages)]
+
+
+def _chat_message(message, where: str, base: str) -> dict:
+    shape = '{"role": "user"|"assistant"|"system", "content": ...}'
+    if not isinstance(message, dict):
+        raise DataError("", f"{where} is a JSON {_json_type(message)}; each message must be {shape}")
+    for key in ("role", "content"):
+        if key not in message:
+            raise DataError("", f"{where} has no '{key}'; each message must be {shape}")
+    role = message["role"]
+    if role not in ROLES:
+        raise DataError("", f"{where} has unknown role {role!r}; use 'system', 'user' or 'assistant'")
+    return {"role": role, "content": _content(message["content"], where, base)}
+
+
+def _content(content, where: str, base: str) -> list[dict]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise DataError("", f"{where} content must be a string or a list of parts, got a JSON {_json_type(content)}")
+    return [_part(p, f"{where}.content[{j}]", base) for j, p in enumerate(content)]
+
+
+def _part(part, where: str, base: str) -> dict:
+    if not isinstance(part, dict):
+        raise DataError("", f'{where} must be an object such as {{"type": "text", "text": "..."}}')
+    kind = part.get("type")
+    if kind not in PART_TYPES:
+        raise DataError("", f"{where} has unknown type {kind!r}; use 'text', 'audio' or 'image'")
+    if kind == "text":
+        if not isinstance(part.get("text"), str):
+            raise DataError("", f'{where} (text) has no string \'text\'; write {{"type": "text", "text": "..."}}')
+        return {"type": "text", "text": part["text"]}
+    path = part.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise DataError("", f"{where} ({kind}) has no 'path'; "
+                            f'write {{"type": "{kind}", "path": "relative/or/absolute/file"}}')
+    return {"type": kind, "path": _resolve(path, base)}
+
+
+def _resolve(path: str, base: str) -> str:
+    return os.path.normpath(os.path.join(base, path))  # an absolute `path` ignores `base`
+
+
+# ----------------------------------------------------------------------------- ASR shorthand
+
+
+def _asr_messages(row: dict, base: str, instruction: str) -> list[dict]:
+    audio, text = row.get("audio"), row.get("text")
+    if not isinstance(audio, str) or not audio.strip():
+        raise DataError("", f"ASR row needs 'audio' as a path string beside 'text', e.g. {ASR_EXAMPLE}")
+    if not isinstance(text, str):
+        raise DataError("", f"ASR row needs 'text' as the transcript string beside 'audio', e.g. {ASR_EXAMPLE}")
+    prompt = row.get("instruction", instruction)
+    if not isinstance(prompt, str):
+        raise DataError("", "'instruction' must be a string (the prompt placed after the audio)")
+    user = [{"type": "audio", "path": _resolve(audio, base)}]
+    user += [{"type": "text", "text": prompt}] if prompt else []
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+# ----------------------------------------------------------------------------- LLaVA rows
+
+
+def _llava_messages(row: dict, base: str) -> list[dict]:
+    turns = row["conversations"]
+    if not isinstance(turns, list) or not turns:
+        raise DataError("", "'conversations' must be a non-empty list of "
+                            '{"from": "human"|"gpt", "value": "..."} objects')
+    images = [_resolve(p, base) for p in _llava_images(row)]
+    messages = [_llava_turn(t, f"conversations[{i}]") for i, t in enumerate(turns)]
+    _check_image_tags(messages, len(images))
+    images_left = iter(images)
+    for message in messages:
+        message["content"] = _split_image_tags(message["content"], images_left)
+    return messages
+
+
+def _llava_images(row: dict) -> list[str]:
+    images = row.get("image", [])
+    images = [images] if isinstance(images, str) else images
+    if not isinstance(images, list) or not all(isinstance(p, str) and p.strip() for p in images):
+        raise DataError("", "'image' must be a path string or a list of path strings")
+    return images
+
+
+def _llava_turn(turn, where: str) -> dict:
+    if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+        raise DataError("", f'{where} must be {{"from": "human"|"gpt"|"system", "value": "text"}}')
+    role = LLAVA_ROLES.get(turn.get("from"))
+    if role is None:
+        raise DataError("", f"{where} has unknown 'from' {turn.get('from')!r}; use 'human', 'gpt' or 'system'")
+    return {"role": role, "content": turn["value"]}  # content stays a string until tags are split
+
+
+def _check_image_tags(messages: list[dict], n_images: int) -> None:
+    n_tags = sum(m["content"].count(LLAVA_TAG) for m in messages)
+    if n_tags == n_images:
+        return
+    if n_images == 0:
+        raise DataError("", f"text contains {n_tags} '{LLAVA_TAG}' tag(s) but the row has no 'image'; "
+                            'add "image": PATH or remove the tag')
+    if n_tags == 0:
+        raise DataError("", f"row has {n_images} image(s) but no '{LLAVA_TAG}' tag in any turn; "
+                            f"put '{LLAVA_TAG}' in the human turn where each image goes")
+    raise DataError("", f"row has {n_tags} '{LLAVA_TAG}' tag(s) but {n_images} image(s); "
+                        f"give one '{LLAVA_TAG}' per image, in order")
+
+
+def _split_image_tags(text: str, images: Iterator[str]) -> list[dict]:
+    """"<image>\\nWhat is it?" -> [image part, text part "What is it?"]; the i-th tag gets the i-th image."""
+    pieces = text.split(LLAVA_TAG)
+    parts = []
+    for k, piece in enumerate(pieces):
+        piece = piece.lstrip("\n") if k > 0 else piece
+        piece = piece.rstrip("\n") if k < len(pieces) - 1 else piece
+        if piece.strip() or len(pieces) == 1:
+            parts.append({"type": "text", "text": piece})
+        if k < len(pieces) - 1:
+            parts.append({"type": "image", "path": next(images)})
+    return parts
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_conversation(messages: list[dict], labels: list[str]) -> None:
+    """Placeholders, media and empty answers per message, then the role order."""
+    for message, where in zip(messages, labels):
+        _check_message(message, where)
+    _check_role_order(messages, labels)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError("", 'no assistant turn; add {"role": "assistant", "content": "..."} '
+                            "with the answer to train on")
+
+
+def _check_message(message: dict, where: str) -> None:
+    texts = [p["text"] for p in message["content"] if p["type"] == "text"]
+    for token in PLACEHOLDER_TEXTS:
+        if any(token in t for t in texts):
+            raise DataError("", f"{where} text contains the placeholder {token!r}; put the media in the content as "
+                                f'{{"type": "audio"|"image", "path": ...}} instead of writing a placeholder')
+    if message["role"] == "assistant":
+        media = [p["type"] for p in message["content"] if p["type"] in MEDIA_TYPES]
+        if media:
+            raise DataError("", f"{where} (assistant) contains an {media[0]} part; media can only be in user turns")
+        if not "".join(texts).strip():
+            raise DataError("", f"{where} (assistant) has empty text; give the answer to train on, or drop the row")
+    elif not "".join(texts).strip() and len(texts) == len(message["content"]):
+        raise DataError("", f"{where} ({message['role']}) is empty; give text or media, or drop the message")
+
+
+def _check_role_order(messages: list[dict], labels: list[str]) -> None:
+    first_turn = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    for i in range(first_turn, len(messages)):
+        expected = ("user", "assistant")[(i - first_turn) % 2]
+        role = messages[i]["role"]
+        if role != expected:
+            raise DataError("", f"{labels[i]} has role {role!r} where {expected!r} was expected; {ROLE_ORDER}")
