@@ -293,7 +293,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         base_dir = str(path.resolve().parent)
     tree = apply_overrides(tree, overrides or [])
     tree.setdefault("base_dir", base_dir)
-    return from_dict(Config, tree)
+    cfg = from_dict(Config, tree)
+    _resolve_paths(cfg)
+    return cfg
+
+
+def _resolve_paths(cfg: Config) -> None:
+    """Relative paths in the file resolve against the file's folder (hub ids stay as they are)."""
+    m = cfg.model
+    m.llm.path, m.llm.tokenizer = resolve_path(cfg, m.llm.path), resolve_path(cfg, m.llm.tokenizer)
+    for tower in (m.audio, m.vision):
+        if tower is not None:
+            tower.path = resolve_path(cfg, tower.path)
+    cfg.data.train, cfg.data.eval = resolve_path(cfg, cfg.data.train), resolve_path(cfg, cfg.data.eval)
 
 
 def resolve_path(cfg: Config, value: str | None) -> str | None:

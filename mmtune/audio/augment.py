@@ -1,0 +1,73 @@
+"""Training-only audio augmentation: SpecAugment masks, Kaldi speed perturbation, white noise.
+
+Every random draw comes from the generator passed in, so a seed fixes the output.
+Never apply these at evaluation time.
+"""
+
+import numpy as np
+import torch
+
+from mmtune.audio.io import SAMPLE_RATE, resample
+
+
+def spec_augment(
+    features: torch.Tensor,
+    num_masks: int = 2,
+    freq_mask: int = 15,
+    time_mask: int = 50,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SpecAugment (Park et al. 2019) on one clip's log-mel features, shape (n_mels, T).
+
+    Draws `num_masks` frequency bands of width U{0..freq_mask} mel bins and `num_masks`
+    time spans of width U{0..time_mask} frames (each capped at the axis size), at uniform
+    positions. Masked values are set to the clip's own mean (taken before masking), not 0:
+    Whisper features are not zero-mean, so 0 would be an out-of-range value the encoder never
+    sees. Returns a new tensor (n_mels, T); `features` is not modified.
+    `generator` is a CPU torch.Generator (default: torch's global RNG).
+    """
+    out = features.clone()  # (n_mels, T)
+    if out.numel() == 0:
+        return out
+    fill = features.mean()
+    n_mels, frames = out.shape
+    for _ in range(num_masks):
+        start, width = _draw_span(n_mels, freq_mask, generator)
+        out[start : start + width, :] = fill
+        start, width = _draw_span(frames, time_mask, generator)
+        out[:, start : start + width] = fill
+    return out
+
+
+def _draw_span(size: int, max_width: int, generator: torch.Generator | None) -> tuple[int, int]:
+    """(start, width) with width ~ U{0..min(max_width, size)} and start ~ U{0..size - width}."""
+    width = int(torch.randint(0, min(max_width, size) + 1, (1,), generator=generator))
+    start = int(torch.randint(0, size - width + 1, (1,), generator=generator))
+    return start, width
+
+
+def speed_perturb(waveform: np.ndarray, factor: float) -> np.ndarray:
+    """Kaldi-style speed perturbation of (n,) samples: play `factor` times faster.
+
+    The clip is resampled as if recorded at 16 kHz * factor, so duration scales by 1 / factor
+    and pitch by factor (0.9 = slower and lower). Returns float32 (ceil(n / factor),).
+    Usual factors: 0.9, 1.0, 1.1.
+    """
+    if factor <= 0:
+        raise ValueError(f"speed factor must be > 0, got {factor}")
+    return resample(np.asarray(waveform, dtype=np.float32), SAMPLE_RATE * factor, SAMPLE_RATE)
+
+
+def add_noise(waveform: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Add white Gaussian noise at exactly `snr_db` dB: 10 log10(mean(x^2) / mean(noise^2)).
+
+    The drawn noise is rescaled by its own power, so the SNR is exact, not just expected.
+    Returns float32 (n,). A silent clip (zero power) has no SNR and is returned unchanged.
+    """
+    x = np.asarray(waveform, dtype=np.float64)  # (n,)
+    signal_power = np.mean(x**2) if x.size else 0.0
+    if signal_power == 0.0:
+        return np.array(waveform, dtype=np.float32)
+    noise = rng.standard_normal(x.shape)  # (n,)
+    scale = np.sqrt(signal_power / (np.mean(noise**2) * 10.0 ** (snr_db / 10.0)))
+    return (x + scale * noise).astype(np.float32)

@@ -1,0 +1,73 @@
+"""Audio decoding: any file on disk -> mono float32 samples at 16 kHz.
+
+soundfile (libsndfile) decodes WAV, FLAC, OGG and MP3; anything else goes through
+librosa.load. Resampling is soxr (through librosa). torchaudio is never imported.
+Every failure is a `MediaError` that names the file and says what to do about it.
+"""
+
+import os
+import warnings
+
+import librosa
+import numpy as np
+import soundfile as sf
+
+from mmtune.errors import MediaError
+
+SAMPLE_RATE = 16000  # Hz, what Whisper-style encoders expect
+RESAMPLE_TYPE = "soxr_hq"  # librosa res_type: soxr, high quality
+
+
+def load_audio(path, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode `path`, average its channels and resample to `sr` Hz.
+
+    Returns float32 samples, shape (n,), n = ceil(n_file * sr / file_sr).
+    Raises MediaError when the file is missing, undecodable, empty or holds NaN/Inf.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MediaError(
+            f"audio file not found: {path} "
+            "(check the path; relative paths resolve against the manifest's folder)"
+        )
+    samples, file_sr = _decode(path)  # (n, channels)
+    mono = samples.mean(axis=1, dtype=np.float32)  # (n,)
+    _check_samples(path, mono)
+    return resample(mono, file_sr, sr)
+
+
+def resample(samples: np.ndarray, orig_sr: float, target_sr: float) -> np.ndarray:
+    """Resample (n,) float32 samples with soxr; returns (ceil(n * target_sr / orig_sr),)."""
+    if orig_sr == target_sr:
+        return np.ascontiguousarray(samples, dtype=np.float32)
+    out = librosa.resample(samples, orig_sr=orig_sr, target_sr=target_sr, res_type=RESAMPLE_TYPE)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _decode(path: str) -> tuple[np.ndarray, int]:
+    """Samples (n, channels) float32 and the file's rate: soundfile first, then librosa."""
+    try:
+        samples, file_sr = sf.read(path, dtype="float32", always_2d=True)
+        return samples, file_sr
+    except (sf.SoundFileError, RuntimeError) as error:
+        reason = str(error)
+    try:
+        with warnings.catch_warnings():  # librosa warns before its audioread fallback
+            warnings.simplefilter("ignore")
+            samples, file_sr = librosa.load(path, sr=None, mono=False, dtype=np.float32)
+    except Exception:  # any backend failure is a decode failure; libsndfile's reason is clearer
+        raise MediaError(
+            f"cannot decode audio {path}: {reason} "
+            "(re-encode it, e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.flac`, or drop the row)"
+        ) from None
+    return np.atleast_2d(samples).T, int(file_sr)  # librosa gives (channels, n) or (n,)
+
+
+def _check_samples(path: str, mono: np.ndarray) -> None:
+    """Reject clips a model cannot use: no samples, or NaN/Inf values."""
+    if mono.size == 0:
+        raise MediaError(f"audio file {path} has no samples (replace the file or drop the row)")
+    if not np.isfinite(mono).all():
+        raise MediaError(
+            f"audio file {path} contains NaN or Inf samples (re-export the file or drop the row)"
+        )

@@ -1,0 +1,150 @@
+"""`MultimodalLM`: encoders -> projectors -> scattered into the LLM's input embeddings.
+
+Parts are composed in the constructor (see `mmtune.model.build` for building them from a
+config). The forward pass takes a collated batch (`mmtune.data.example` lists its keys):
+
+    audio_features (A, n_mels, F) -> AudioEncoder -> (A, T_enc, C_a) -> projector -> (A, T_tok, D)
+    pixel_values   (I, 3, H, W)   -> VisionTower  -> (I, N, C_v)     -> projector -> (I, N, D)
+    input_ids      (B, T)         -> embeddings (B, T, D); rows at placeholder ids are replaced,
+                                     in order, by the projected media tokens
+    -> LLM (use_cache=False) -> logits (B, T, V) -> summed cross entropy over supervised tokens
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmtune.data.example import IGNORE_INDEX
+from mmtune.errors import DataError
+from mmtune.model.placeholders import num_audio_tokens
+
+
+@dataclass
+class MultimodalOutput:
+    logits: torch.Tensor  # (B, T, V)
+    loss: torch.Tensor | None = None  # loss_sum / num_tokens
+    loss_sum: torch.Tensor | None = None  # summed token cross entropy
+    num_tokens: int = 0  # supervised tokens in the batch
+
+
+class MultimodalLM(nn.Module):
+    def __init__(self, llm: nn.Module, token_ids: dict[str, int], audio_encoder: nn.Module | None = None,
+                 audio_projector: nn.Module | None = None, vision_tower: nn.Module | None = None,
+                 vision_projector: nn.Module | None = None, audio_stack: int = 1):
+        super().__init__()
+        self.llm = llm
+        self.audio_encoder = audio_encoder
+        self.audio_projector = audio_projector
+        self.vision_tower = vision_tower
+        self.vision_projector = vision_projector
+        self.audio_stack = audio_stack
+        self.token_ids = dict(token_ids)  # {"audio": id, "image": id}
+        self.attn_kwargs_for_packing = False  # set by build: hand cu_seqlens to varlen kernels
+
+    # ---- media -> embeddings -------------------------------------------------------------------
+
+    def audio_tokens(self, features: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """(A, n_mels, F), (A,) -> one (n_tokens_i, D) tensor per clip."""
+        hidden, enc_lengths = self.audio_encoder(features, lengths)  # (A, T, C)
+        keep = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < enc_lengths[:, None]
+        hidden = hidden * keep.unsqueeze(-1).to(hidden.dtype)  # padding frames never leak into a stacked token
+        tokens = self.audio_projector(hidden)  # (A, T, C) -> (A, T_tok, D)
+        counts = [num_audio_tokens(int(n), self.audio_stack) for n in lengths]
+        return [tokens[i, :n] for i, n in enumerate(counts)]
+
+    def image_tokens(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """(I, 3, H, W) -> one (N, D) tensor per image."""
+        tokens = self.vision_projector(self.vision_tower(pixel_values))  # (I, N, C) -> (I, N, D)
+        return list(tokens.unbind(0))
+
+    def embed(self, input_ids: torch.Tensor, sources: list[str] | None = None, audio_features=None,
+              audio_lengths=None, audio_owner=None, pixel_values=None, image_owner=None,
+              sample_index: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> inputs_embeds (B, T, D) with media tokens at the placeholder positions.
+
+        `sample_index` (B, T) says which sample of the batch each position belongs to (rows for
+        padded batches, segments for packed ones); it names the sample on a count mismatch.
+        """
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, D)
+        media = {}
+        if audio_features is not None:
+            self._require("audio", self.audio_encoder)
+            media["audio"] = (self.audio_tokens(audio_features, audio_lengths), audio_owner)
+        if pixel_values is not None:
+            self._require("image", self.vision_tower)
+            media["image"] = (self.image_tokens(pixel_values), image_owner)
+        for modality, token_id in self.token_ids.items():
+            tokens, owner = media.get(modality, ([], None))
+            embeds = self._scatter(embeds, input_ids == token_id, tokens, owner, modality, sources, sample_index)
+        return embeds
+
+    def _require(self, modality: str, part: nn.Module | None) -> None:
+        if part is None:
+            raise ValueError(f"the batch has {modality} inputs but the model has no {modality} tower: "
+                             f"add model.{'vision' if modality == 'image' else 'audio'} to the config")
+
+    def _scatter(self, embeds, is_slot, tokens, owner, modality, sources, sample_index):
+        """Write each media tensor's tokens into its placeholder slots, checking counts per sample."""
+        if sample_index is None:
+            sample_index = torch.arange(embeds.shape[0], device=embeds.device)[:, None].expand_as(is_slot)
+        n = max(len(sources or []), int(sample_index.max()) + 1, int(owner.max()) + 1 if tokens else 0)
+        slots = torch.bincount(sample_index[is_slot], minlength=n)  # (n,) placeholder tokens per sample
+        made = torch.zeros_like(slots)  # (n,) media tokens per sample
+        for i, t in enumerate(tokens):
+            made[int(owner[i])] += t.shape[0]
+        if not torch.equal(slots, made):
+            bad = int((slots != made).nonzero()[0])
+            where = sources[bad] if sources and bad < len(sources) else f"sample {bad} of the batch"
+            raise DataError(where, f"{modality} placeholder mismatch: the text has {int(slots[bad])} "
+                                   f"{modality} placeholder tokens but its {modality} inputs give {int(made[bad])} "
+                                   f"tokens; encode samples with mmtune.data.encode so counts match the encoder")
+        if not tokens:
+            return embeds
+        flat = torch.cat(tokens).to(embeds.dtype)  # (sum n_i, D), in order of appearance
+        return embeds.masked_scatter(is_slot.unsqueeze(-1), flat)
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def forward(self, input_ids, labels=None, attention_mask=None, position_ids=None, cu_seqlens=None,
+                max_seqlen=None, sources=None, **media) -> MultimodalOutput:
+        sample_index = _segment_index(cu_seqlens, input_ids.shape[1]) if cu_seqlens is not None else None
+        embeds = self.embed(input_ids, sources, sample_index=sample_index, **media)
+        kwargs = {}
+        if cu_seqlens is not None and self.attn_kwargs_for_packing:
+            kwargs = dict(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens,
+                          max_length_q=int(max_seqlen), max_length_k=int(max_seqlen))
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False, **kwargs)
+        logits = out.logits  # (B, T, V)
+        if labels is None:
+            return MultimodalOutput(logits=logits)
+        loss_sum, num_tokens = token_loss(logits, labels)
+        if num_tokens == 0:
+            names = ", ".join(sources or []) or "this batch"
+            raise DataError(names, "no supervised token in the batch (every label is masked): "
+                                   "check that each sample has an assistant answer and is not truncated away")
+        return MultimodalOutput(logits=logits, loss=loss_sum / num_tokens, loss_sum=loss_sum, num_tokens=num_tokens)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, sources=None, **kwargs) -> torch.Tensor:
+        """Left-padded prompts (B, T) -> new token ids (B, T_new); kwargs: media keys + HF generate options."""
+        media = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith(("audio_", "pixel_", "image_"))}
+        embeds = self.embed(input_ids, sources, **media)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross entropy: logits (B, T, V) at t predict labels (B, T) at t + 1."""
+    shift_logits = logits[:, :-1].flatten(0, 1).float()  # (B*(T-1), V)
+    shift_labels = labels[:, 1:].flatten()  # (B*(T-1),)
+    loss_sum = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_sum, int((shift_labels != IGNORE_INDEX).sum())
+
+
+def _segment_index(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """cu_seqlens (N+1,) -> (1, T) index of the packed sample each position belongs to."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    index = torch.repeat_interleave(torch.arange(len(lengths), device=cu_seqlens.device), lengths)
+    return F.pad(index, (0, total - index.shape[0]), value=len(lengths) - 1)[None, :]

@@ -1,0 +1,127 @@
+"""Build a `MultimodalLM` and its tokenizer from a `ModelConfig`.
+
+Each part comes from a local path / hub id (as in transformers) or from a transformers config
+(the offline tiny models). Parts built from a config start from `init_seed`, so a rebuild is
+the same model; their weights are saved whole in checkpoints (`mmtune.model.checkpoint`).
+"""
+
+import logging
+
+import torch
+from torch import nn
+from transformers import (AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel,
+                          SiglipVisionConfig, SiglipVisionModel, WhisperConfig, WhisperModel)
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from mmtune.audio.encoder import AudioEncoder
+from mmtune.config import ModelConfig, TowerConfig
+from mmtune.model.attention import resolve_backend, transformers_name, uses_packing_kwargs
+from mmtune.model.bridge import MultimodalLM
+from mmtune.model.plan import apply_plan, describe_parameters, freeze
+from mmtune.model.projector import build_projector
+from mmtune.model.tokenizer import load_tokenizer, placeholder_ids
+from mmtune.vision.tower import VisionTower
+
+log = logging.getLogger("mmtune")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+VISION_MODELS = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel,
+                 "siglip": SiglipVisionModel, "siglip_vision_model": SiglipVisionModel}
+VISION_CONFIGS = {"clip_vision_model": CLIPVisionConfig, "siglip_vision_model": SiglipVisionConfig}
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str | None = None):
+    """-> (MultimodalLM, tokenizer). `tokenizer_path` overrides the config's (checkpoints ship theirs)."""
+    backend = resolve_backend(cfg.attn_implementation, device)
+    attn = transformers_name(backend)
+    dtype = DTYPES[cfg.dtype]
+    tokenizer = load_tokenizer(tokenizer_path or cfg.llm.tokenizer or cfg.llm.path, cfg.llm.chat_template)
+    torch.manual_seed(cfg.init_seed)
+    llm = build_llm(cfg, len(tokenizer), attn, dtype)
+    audio = vision = None
+    audio_proj = vision_proj = None
+    if cfg.audio is not None:
+        audio = AudioEncoder(build_whisper_encoder(cfg.audio, dtype))
+        audio.encoder = apply_plan(audio.encoder, cfg.audio.train, cfg.lora)
+        audio_proj = build_projector(cfg.audio.projector, audio.hidden_size, llm.config.hidden_size)
+        freeze(audio_proj, cfg.audio.projector.frozen)
+    if cfg.vision is not None:
+        vision = VisionTower(build_vision_model(cfg.vision, dtype, attn), cfg.vision.feature_layer)
+        vision.model = apply_plan(vision.model, cfg.vision.train, cfg.lora)
+        vision_proj = build_projector(cfg.vision.projector, vision.hidden_size, llm.config.hidden_size)
+        freeze(vision_proj, cfg.vision.projector.frozen)
+    llm = apply_plan(llm, cfg.llm.train, cfg.lora)
+    model = MultimodalLM(llm, placeholder_ids(tokenizer), audio, audio_proj, vision, vision_proj,
+                         audio_stack=cfg.audio.projector.stack if cfg.audio else 1)
+    model.attn_kwargs_for_packing = uses_packing_kwargs(backend)
+    model.backend = backend
+    log.info("attention backend: %s; %s", backend, describe_parameters(model))
+    return model, tokenizer
+
+
+def build_llm(cfg: ModelConfig, vocab_size: int, attn: str, dtype: torch.dtype) -> nn.Module:
+    """Any AutoModelForCausalLM, embeddings grown to the tokenizer (new rows: the mean row, deterministic)."""
+    if cfg.llm.path is not None:
+        llm = AutoModelForCausalLM.from_pretrained(cfg.llm.path, dtype=dtype, attn_implementation=attn)
+    else:
+        config = _config_from_dict(cfg.llm.config, "model.llm.config")
+        llm = AutoModelForCausalLM.from_config(config, attn_implementation=attn).to(dtype)
+    old = llm.get_input_embeddings().weight.shape[0]
+    if vocab_size > old:
+        llm.resize_token_embeddings(vocab_size, mean_resizing=False)
+        with torch.no_grad():
+            for layer in {id(m): m for m in (llm.get_input_embeddings(), llm.get_output_embeddings())}.values():
+                if layer is not None and layer.weight.shape[0] == vocab_size:
+                    layer.weight[old:] = layer.weight[:old].mean(0)
+                    if getattr(layer, "bias", None) is not None:
+                        layer.bias[old:] = 0.0
+    llm.config.use_cache = False
+    return llm
+
+
+def build_whisper_encoder(tower: TowerConfig, dtype: torch.dtype) -> nn.Module:
+    """The encoder half of a Whisper checkpoint, or a fresh one from a config dict."""
+    if tower.config is not None:
+        config = WhisperConfig(**{k: v for k, v in tower.config.items() if k != "model_type"})
+        _check_type(tower.config.get("model_type", "whisper"), ("whisper",), "model.audio.config")
+        encoder = WhisperEncoder(config).to(dtype)
+    else:
+        _check_type(AutoConfig.from_pretrained(tower.path).model_type, ("whisper",), f"model.audio.path {tower.path}")
+        encoder = WhisperModel.from_pretrained(tower.path, dtype=dtype).encoder  # decoder dropped with the wrapper
+    encoder.config._attn_implementation = "sdpa"
+    return encoder
+
+
+def build_vision_model(tower: TowerConfig, dtype: torch.dtype, attn: str) -> nn.Module:
+    """A CLIPVisionModel / SiglipVisionModel from a checkpoint (full CLIP/SigLIP ones too) or a config."""
+    attn = attn if attn in ("sdpa", "eager", "flash_attention_2") else "sdpa"
+    if tower.config is not None:
+        model_type = tower.config.get("model_type", "")
+        _check_type(model_type, tuple(VISION_CONFIGS), "model.vision.config")
+        config = VISION_CONFIGS[model_type](**{k: v for k, v in tower.config.items() if k != "model_type"})
+        config._attn_implementation = attn
+        return VISION_MODELS[model_type](config).to(dtype)
+    model_type = AutoConfig.from_pretrained(tower.path).model_type
+    _check_type(model_type, tuple(VISION_MODELS), f"model.vision.path {tower.path}")
+    return VISION_MODELS[model_type].from_pretrained(tower.path, dtype=dtype, attn_implementation=attn)
+
+
+def _config_from_dict(values: dict, key: str):
+    values = dict(values)
+    model_type = values.pop("model_type", None)
+    if model_type is None:
+        raise UnknownModelError(f"{key}: add model_type (e.g. llama, qwen2) so transformers knows the architecture")
+    try:
+        return AutoConfig.for_model(model_type, **values)
+    except ValueError as e:
+        raise UnknownModelError(f"{key}: unknown model_type {model_type!r}: {e}") from None
+
+
+def _check_type(model_type: str, allowed: tuple, key: str) -> None:
+    if model_type not in allowed:
+        raise UnknownModelError(f"{key}: model type {model_type!r} is not supported here; "
+                                f"use one of: {', '.join(allowed)}")

@@ -1,0 +1,42 @@
+"""What is trained, decided when the model is built: `frozen`, `lora` or `full` per part.
+
+LoRA goes through peft (`get_peft_model`), which wraps the base layers; nothing is patched.
+"""
+
+import peft
+from torch import nn
+
+from mmtune.config import LoraConfig
+
+
+def apply_plan(module: nn.Module, plan: str, lora: LoraConfig) -> nn.Module:
+    """Freeze, fully train, or LoRA-wrap `module`; returns the module to use in its place."""
+    module.requires_grad_(plan == "full")
+    if plan != "lora":
+        return module
+    config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=lora.target_modules)
+    return peft.get_peft_model(module, config)
+
+
+def freeze(module: nn.Module | None, frozen: bool) -> None:
+    if module is not None:
+        module.requires_grad_(not frozen)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts, each shared tensor counted once."""
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def describe_parameters(model: nn.Module) -> str:
+    """`trainable: N / total: M (x%)`, the line users expect."""
+    trainable, total = count_parameters(model)
+    return f"trainable: {trainable:,} / total: {total:,} ({100 * trainable / max(total, 1):.2f}%)"

@@ -1,0 +1,70 @@
+"""Projectors: map encoder frames (B, T, C) to LLM embeddings (B, T', D).
+
+    linear  one Linear layer
+    mlp     N Linear layers with GELU between them (LLaVA's mlp2x_gelu is layers=2)
+    stack   stack k consecutive frames, norm, then a SwiGLU MLP (ultravox): T' = ceil(T / k)
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmtune.config import ProjectorConfig
+
+
+class LinearProjector(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.in_dim = in_dim
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)  # (B, T, C) -> (B, T, D)
+
+
+class MLPProjector(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, layers: int = 2, hidden_dim: int | None = None):
+        super().__init__()
+        self.in_dim = in_dim
+        hidden_dim = hidden_dim or out_dim
+        dims = [in_dim] + [hidden_dim] * (layers - 1) + [out_dim]
+        blocks: list[nn.Module] = []
+        for i in range(layers):
+            blocks.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < layers - 1:
+                blocks.append(nn.GELU())
+        self.mlp = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)  # (B, T, C) -> (B, T, D)
+
+
+class StackProjector(nn.Module):
+    """Frame stacking then SwiGLU, as ultravox: fewer, wider audio tokens."""
+
+    def __init__(self, in_dim: int, out_dim: int, stack: int, hidden_dim: int | None = None):
+        super().__init__()
+        self.in_dim = in_dim
+        self.stack = stack
+        hidden_dim = hidden_dim or out_dim
+        self.norm = nn.LayerNorm(in_dim * stack)
+        self.gate_up = nn.Linear(in_dim * stack, 2 * hidden_dim)
+        self.down = nn.Linear(hidden_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        t_out = math.ceil(t / self.stack)
+        x = F.pad(x, (0, 0, 0, t_out * self.stack - t))  # (B, T, C) -> (B, T'*k, C), zero frames at the end
+        x = x.reshape(b, t_out, c * self.stack)  # (B, T'*k, C) -> (B, T', C*k)
+        gate, up = self.gate_up(self.norm(x)).chunk(2, dim=-1)  # (B, T', H) each
+        return self.down(F.silu(gate) * up)  # (B, T', H) -> (B, T', D)
+
+
+def build_projector(cfg: ProjectorConfig, in_dim: int, out_dim: int) -> nn.Module:
+    if cfg.type == "linear":
+        return LinearProjector(in_dim, out_dim)
+    if cfg.type == "mlp":
+        return MLPProjector(in_dim, out_dim, cfg.layers, cfg.hidden_size)
+    return StackProjector(in_dim, out_dim, cfg.stack, cfg.hidden_size)

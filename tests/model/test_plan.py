@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from conftest import tiny_model_config
+from mmtune.model.build import build_model
+from mmtune.model.plan import count_parameters, describe_parameters
+from test_bridge import _batch
+
+
+def _step(model):
+    """Two optimizer steps (LoRA's B starts at zero, so A only gets a gradient on the second)."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)  # moves every nonzero grad
+    for _ in range(2):
+        opt.zero_grad()
+        model(**_batch(model)).loss.backward()
+        opt.step()
+    return before
+
+
+@pytest.mark.parametrize("llm_train,tower_train", [("lora", "frozen"), ("full", "lora"), ("frozen", "full")])
+def test_frozen_weights_bit_identical_and_trainable_ones_move(tokenizer_dir, llm_train, tower_train):
+    model, _ = build_model(tiny_model_config(tokenizer_dir, llm_train=llm_train, tower_train=tower_train))
+    before = _step(model)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert not torch.equal(before[name], p), f"trainable {name} did not move"
+        else:
+            assert torch.equal(before[name], p), f"frozen {name} changed"
+
+
+def test_plan_decides_which_parts_train(tokenizer_dir):
+    model, _ = build_model(tiny_model_config(tokenizer_dir, llm_train="lora", tower_train="frozen"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n for n in trainable if n.startswith("llm."))
+    assert any(n.startswith("llm.") for n in trainable)
+    assert not any(n.startswith(("audio_encoder.", "vision_tower.")) for n in trainable)
+    assert any(n.startswith("audio_projector.") for n in trainable)
+    assert any(n.startswith("vision_projector.") for n in trainable)
+
+
+def test_frozen_projector_does_not_train(tokenizer_dir):
+    cfg = tiny_model_config(tokenizer_dir)
+    cfg.vision.projector.frozen = True
+    model, _ = build_model(cfg)
+    assert not any(p.requires_grad for p in model.vision_projector.parameters())
+
+
+def test_parameter_line(tokenizer_dir):
+    model, _ = build_model(tiny_model_config(tokenizer_dir, llm_train="frozen", tower_train="frozen"))
+    trainable, total = count_parameters(model)
+    expected = sum(p.numel() for m in (model.audio_projector, model.vision_projector) for p in m.parameters())
+    assert trainable == expected
+    assert describe_parameters(model) == f"trainable: {trainable:,} / total: {total:,} ({100 * trainable / total:.2f}%)"
