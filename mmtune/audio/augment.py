@@ -26,6 +26,8 @@ def spec_augment(
     sees. Returns a new tensor (n_mels, T); `features` is not modified.
     `generator` is a CPU torch.Generator (default: torch's global RNG).
     """
+    if features.dim() != 2:
+        raise ValueError(f"spec_augment takes one clip's (n_mels, T) features, got {tuple(features.shape)}")
     out = features.clone()  # (n_mels, T)
     if out.numel() == 0:
         return out

@@ -1,21 +1,23 @@
 """Audio decoding: any file on disk -> mono float32 samples at 16 kHz.
 
 soundfile (libsndfile) decodes WAV, FLAC, OGG and MP3; anything else goes through
-librosa.load. Resampling is soxr (through librosa). torchaudio is never imported.
+librosa.load. Resampling is soxr, as in librosa.resample. torchaudio is never imported.
 Every failure is a `MediaError` that names the file and says what to do about it.
 """
 
+import math
 import os
 import warnings
 
 import librosa
 import numpy as np
 import soundfile as sf
+import soxr
 
 from mmtune.errors import MediaError
 
 SAMPLE_RATE = 16000  # Hz, what Whisper-style encoders expect
-RESAMPLE_TYPE = "soxr_hq"  # librosa res_type: soxr, high quality
+RESAMPLE_QUALITY = "HQ"  # soxr quality, the one librosa.resample uses by default
 
 
 def load_audio(path, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -37,11 +39,16 @@ def load_audio(path, sr: int = SAMPLE_RATE) -> np.ndarray:
 
 
 def resample(samples: np.ndarray, orig_sr: float, target_sr: float) -> np.ndarray:
-    """Resample (n,) float32 samples with soxr; returns (ceil(n * target_sr / orig_sr),)."""
+    """Resample (n,) samples with soxr (high quality) -> float32 (ceil(n * target_sr / orig_sr),).
+
+    The length rule is librosa.resample's: soxr's rounded output is zero-padded or trimmed to it.
+    """
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
     if orig_sr == target_sr:
-        return np.ascontiguousarray(samples, dtype=np.float32)
-    out = librosa.resample(samples, orig_sr=orig_sr, target_sr=target_sr, res_type=RESAMPLE_TYPE)
-    return np.ascontiguousarray(out, dtype=np.float32)
+        return samples
+    out = soxr.resample(samples, orig_sr, target_sr, quality=RESAMPLE_QUALITY)
+    n_out = math.ceil(samples.size * target_sr / orig_sr)
+    return np.pad(out[:n_out], (0, max(0, n_out - out.size)))
 
 
 def _decode(path: str) -> tuple[np.ndarray, int]:

@@ -5,6 +5,11 @@ its default 30 s, on CPU. Ours takes the clips padded only to the longest one, w
 lengths, on `device`. Most of the speedup is honest skipped work: no 30 s padding.
 Both timings include padding the clips into a batch; each is the best of `repeats` runs
 after one warm-up run. `max_abs_diff` is over every frame both compute (see `shared_frames`).
+
+`threads` sets torch's intra-op threads for both paths during the run (restored after).
+The default, 1, is how features are computed in DataLoader workers (torch gives each worker
+one thread). On a shared, loaded CPU, torch's thread pool stalls on each small per-clip op;
+pass threads=None to keep torch's own setting.
 """
 
 import time
@@ -21,12 +26,17 @@ LOG_SIGMA = 0.7  # spread of log(duration), natural log units
 EXTRACTOR_FRAMES = 3000  # frames the extractor returns per clip (30 s)
 
 
-def run(num_clips=64, seconds=(1, 20), seed=0, device="cpu", n_mels=80, repeats=3) -> dict:
+def run(num_clips=64, seconds=(1, 20), seed=0, device="cpu", n_mels=80, repeats=3, threads=1) -> dict:
     """Time both feature paths on `num_clips` speech-like clips; returns figures as a dict."""
     clips = make_clips(num_clips, seconds, seed)
     extractor = WhisperFeatureExtractor(feature_size=n_mels)
-    ours_s, ours = _best_time(lambda: _ours(clips, n_mels, device), repeats, device)
-    theirs_s, theirs = _best_time(lambda: _theirs(extractor, clips), repeats, "cpu")
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or saved_threads)
+    try:
+        ours_s, ours = _best_time(lambda: _ours(clips, n_mels, device), repeats, device)
+        theirs_s, theirs = _best_time(lambda: _theirs(extractor, clips), repeats, "cpu")
+    finally:
+        torch.set_num_threads(saved_threads)
     return {
         "speedup": theirs_s / ours_s,
         "max_abs_diff": max_abs_diff(ours.cpu().numpy(), theirs, [c.size for c in clips]),
@@ -36,14 +46,19 @@ def run(num_clips=64, seconds=(1, 20), seed=0, device="cpu", n_mels=80, repeats=
         "device": str(device),
         "n_mels": n_mels,
         "audio_seconds": sum(c.size for c in clips) / SAMPLE_RATE,
+        "torch_threads": threads or saved_threads,
     }
 
 
 def make_clips(num_clips: int, seconds=(1, 20), seed: int = 0) -> list[np.ndarray]:
     """Clips with log-normal durations (median 4 s) clamped to `seconds`, each (n,) float32."""
     rng = np.random.default_rng(seed)
-    durations = np.clip(rng.lognormal(np.log(MEDIAN_SECONDS), LOG_SIGMA, num_clips), *seconds)
-    return [speech_like(int(d * SAMPLE_RATE), rng) for d in durations]
+    return [speech_like(int(d * SAMPLE_RATE), rng) for d in clip_durations(num_clips, seconds, rng)]
+
+
+def clip_durations(num_clips: int, seconds, rng: np.random.Generator) -> np.ndarray:
+    """(num_clips,) durations in s: log-normal around 4 s, clamped to [seconds[0], seconds[1]]."""
+    return np.clip(rng.lognormal(np.log(MEDIAN_SECONDS), LOG_SIGMA, num_clips), *seconds)
 
 
 def speech_like(n: int, rng: np.random.Generator) -> np.ndarray:

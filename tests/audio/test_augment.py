@@ -1,0 +1,102 @@
+"""Augmentation: seeded, bounded, and doing what it says (mask widths, speed, exact SNR)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mmtune.audio.augment import add_noise, spec_augment, speed_perturb
+
+SR = 16000  # Hz
+
+
+def features(n_mels: int = 80, frames: int = 300) -> torch.Tensor:
+    """(n_mels, T) values where no row or column equals the mean by chance."""
+    return torch.rand(n_mels, frames, generator=torch.Generator().manual_seed(123)) + 0.5
+
+
+def masked_rows_and_cols(out: torch.Tensor, fill: torch.Tensor) -> tuple[int, int]:
+    hit = out == fill  # (n_mels, T)
+    return int(hit.all(dim=1).sum()), int(hit.all(dim=0).sum())
+
+
+def test_spec_augment_same_seed_same_output_different_seed_different():
+    x = features()
+    a = spec_augment(x, generator=torch.Generator().manual_seed(0))
+    b = spec_augment(x, generator=torch.Generator().manual_seed(0))
+    c = spec_augment(x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert not torch.equal(a, x) and torch.equal(x, features())  # input left untouched
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_spec_augment_one_mask_width_within_bounds(seed):
+    x = features()
+    out = spec_augment(x, num_masks=1, freq_mask=15, time_mask=50, generator=torch.Generator().manual_seed(seed))
+    rows, cols = masked_rows_and_cols(out, x.mean())
+    assert 0 <= rows <= 15 and 0 <= cols <= 50
+    changed = out != x
+    # everything changed lies in the masked rows or columns, and is exactly the clip's mean
+    assert torch.count_nonzero(changed) == rows * x.shape[1] + cols * x.shape[0] - rows * cols
+    assert torch.all(out[changed] == x.mean())
+
+
+def test_spec_augment_two_masks_cover_at_most_twice_the_width():
+    x = features()
+    widths = []
+    for seed in range(50):
+        out = spec_augment(x, generator=torch.Generator().manual_seed(seed))
+        widths.append(masked_rows_and_cols(out, x.mean()))
+    assert all(rows <= 30 and cols <= 100 for rows, cols in widths)
+    assert max(rows for rows, _ in widths) > 15  # two bands do stack up
+
+
+def test_spec_augment_caps_time_mask_at_clip_length():
+    x = features(frames=10)
+    for seed in range(20):
+        out = spec_augment(x, num_masks=1, time_mask=50, generator=torch.Generator().manual_seed(seed))
+        assert masked_rows_and_cols(out, x.mean())[1] <= 10
+    assert spec_augment(torch.zeros(80, 0)).shape == (80, 0)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.0, 1.1])
+def test_speed_perturb_changes_length_and_pitch_together(factor):
+    t = np.arange(SR) / SR
+    clip = (0.5 * np.sin(2 * np.pi * 400 * t)).astype(np.float32)  # 1 s at 400 Hz
+    out = speed_perturb(clip, factor)
+    assert out.dtype == np.float32
+    assert out.shape == (math.ceil(SR / factor),)
+    spectrum = np.abs(np.fft.rfft(out))
+    peak = np.fft.rfftfreq(out.size, 1 / SR)[spectrum.argmax()]
+    assert abs(peak - 400 * factor) <= 1.5  # bin width is about 1 Hz
+
+
+def test_speed_perturb_rejects_non_positive_factor():
+    with pytest.raises(ValueError, match="speed factor must be > 0"):
+        speed_perturb(np.zeros(100, np.float32), 0.0)
+
+
+@pytest.mark.parametrize("snr_db", [-5.0, 0.0, 10.0, 30.0])
+def test_add_noise_hits_the_snr(snr_db):
+    clip = np.sin(2 * np.pi * 300 * np.arange(SR) / SR).astype(np.float32) * 0.3
+    out = add_noise(clip, snr_db, np.random.default_rng(0))
+    noise = out.astype(np.float64) - clip
+    measured = 10 * np.log10(np.mean(clip.astype(np.float64) ** 2) / np.mean(noise**2))
+    assert out.dtype == np.float32 and out.shape == clip.shape
+    assert abs(measured - snr_db) < 0.1
+
+
+def test_add_noise_is_seeded():
+    clip = np.random.default_rng(5).standard_normal(1000).astype(np.float32)
+    a = add_noise(clip, 10.0, np.random.default_rng(0))
+    b = add_noise(clip, 10.0, np.random.default_rng(0))
+    c = add_noise(clip, 10.0, np.random.default_rng(1))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_add_noise_leaves_silence_alone():
+    silence = np.zeros(100, np.float32)
+    np.testing.assert_array_equal(add_noise(silence, 10.0, np.random.default_rng(0)), silence)
