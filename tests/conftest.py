@@ -1,26 +1,18 @@
-"""Shared fixtures: a tiny tokenizer and tiny model configs, built offline in seconds."""
+"""Shared fixtures. Tests run with one torch thread: tiny ops on 2 cores lose more to the thread pool than they gain."""
 
 import pytest
+import torch
 
-from mmtune.config import LLMConfig, LoraConfig, ModelConfig, ProjectorConfig, TowerConfig
 from mmtune.model.tokenizer import save_tokenizer, train_tokenizer
+from tests.tiny import CORPUS
 
-CORPUS = ["Transcribe the audio.", "three one four one five nine two six", "Which digit is written here?",
-          "zero seven eight", "Is it even or odd? even odd", "What is in the image? A red circle."] * 20
 
-TINY_LLMS = {
-    "llama": dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, vocab_size=300, max_position_embeddings=512),
-    "qwen2": dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, vocab_size=300, max_position_embeddings=512,
-                  tie_word_embeddings=True),
-}
-TINY_WHISPER = dict(model_type="whisper", d_model=24, encoder_layers=2, encoder_attention_heads=2,
-                    encoder_ffn_dim=48, num_mel_bins=80, max_source_positions=1500)
-TINY_CLIP = dict(model_type="clip_vision_model", hidden_size=24, intermediate_size=48, num_hidden_layers=3,
-                 num_attention_heads=2, image_size=32, patch_size=8)
-TINY_SIGLIP = dict(model_type="siglip_vision_model", hidden_size=24, intermediate_size=48, num_hidden_layers=3,
-                   num_attention_heads=2, image_size=32, patch_size=8)
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -28,16 +20,3 @@ def tokenizer_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tokenizer")
     save_tokenizer(train_tokenizer(CORPUS, vocab_size=300), folder)
     return str(folder)
-
-
-def tiny_model_config(tokenizer_dir, llm="llama", audio=True, vision=True, llm_train="full", tower_train="full",
-                      audio_projector=None, vision_projector=None, vision_config=None, lora=None) -> ModelConfig:
-    return ModelConfig(
-        llm=LLMConfig(config=dict(TINY_LLMS[llm]), tokenizer=tokenizer_dir, train=llm_train),
-        audio=TowerConfig(config=dict(TINY_WHISPER), train=tower_train,
-                          projector=audio_projector or ProjectorConfig(type="stack", stack=2)) if audio else None,
-        vision=TowerConfig(config=dict(vision_config or TINY_CLIP), train=tower_train,
-                           projector=vision_projector or ProjectorConfig(type="mlp", layers=2)) if vision else None,
-        lora=lora or LoraConfig(r=4, alpha=8, dropout=0.0),
-        attn_implementation="sdpa",
-    )

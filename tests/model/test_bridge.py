@@ -1,30 +1,16 @@
 import pytest
 import torch
 
-from conftest import TINY_SIGLIP, tiny_model_config
+from tests.tiny import TINY_SIGLIP, make_batch, tiny_model_config
 from mmtune.errors import DataError
 from mmtune.model.build import UnknownModelError, build_model
 from mmtune.model.placeholders import num_audio_tokens, num_image_tokens
 
 
-def _batch(model, n_frames=27, with_image=True):
-    """One row: text, an audio clip's placeholders, an image's placeholders, text."""
-    a, i = model.token_ids["audio"], model.token_ids["image"]
-    n_audio = num_audio_tokens(n_frames, stack=2)
-    n_image = num_image_tokens(32, 8) if with_image else 0
-    ids = [10, 11] + [a] * n_audio + [12] + [i] * n_image + [13, 14, 15]
-    batch = dict(input_ids=torch.tensor([ids]), labels=torch.tensor([ids]),
-                 audio_features=torch.randn(1, 80, n_frames), audio_lengths=torch.tensor([n_frames]),
-                 audio_owner=torch.tensor([0]), sources=["m.jsonl:7"])
-    if with_image:
-        batch.update(pixel_values=torch.randn(1, 3, 32, 32), image_owner=torch.tensor([0]))
-    return batch
-
-
 @pytest.mark.parametrize("llm", ["llama", "qwen2"])
 def test_forward_on_two_llm_families(tokenizer_dir, llm):
     model, tokenizer = build_model(tiny_model_config(tokenizer_dir, llm=llm))
-    out = model(**_batch(model))
+    out = model(**make_batch(model))
     assert out.logits.shape[-1] == len(tokenizer)
     assert out.num_tokens == out.logits.shape[1] - 1  # every label supervised here
     assert torch.isfinite(out.loss) and out.loss.item() > 0
@@ -32,7 +18,7 @@ def test_forward_on_two_llm_families(tokenizer_dir, llm):
 
 def test_media_tokens_land_on_placeholder_positions(tokenizer_dir):
     model, _ = build_model(tiny_model_config(tokenizer_dir))
-    batch = _batch(model)
+    batch = make_batch(model)
     batch.pop("labels")
     embeds = model.embed(**{k: v for k, v in batch.items()})
     audio = model.audio_tokens(batch["audio_features"], batch["audio_lengths"])[0]  # (7, D)
@@ -46,7 +32,7 @@ def test_media_tokens_land_on_placeholder_positions(tokenizer_dir):
 
 def test_count_mismatch_names_sample_modality_and_counts(tokenizer_dir):
     model, _ = build_model(tiny_model_config(tokenizer_dir))
-    batch = _batch(model, n_frames=27)
+    batch = make_batch(model, n_frames=27)
     batch["audio_features"] = torch.randn(1, 80, 41)
     batch["audio_lengths"] = torch.tensor([41])  # 41 frames give 11 tokens, the text has 7
     with pytest.raises(DataError, match=r"m.jsonl:7: audio placeholder mismatch: the text has 7 .* give 11 tokens"):
@@ -56,12 +42,12 @@ def test_count_mismatch_names_sample_modality_and_counts(tokenizer_dir):
 def test_media_without_a_tower_is_an_error(tokenizer_dir):
     model, _ = build_model(tiny_model_config(tokenizer_dir, vision=False))
     with pytest.raises(ValueError, match="no image tower: add model.vision"):
-        model(**_batch(model))
+        model(**make_batch(model))
 
 
 def test_batch_without_supervised_tokens_is_an_error(tokenizer_dir):
     model, _ = build_model(tiny_model_config(tokenizer_dir))
-    batch = _batch(model)
+    batch = make_batch(model)
     batch["labels"] = torch.full_like(batch["labels"], -100)
     with pytest.raises(DataError, match="m.jsonl:7: no supervised token"):
         model(**batch)

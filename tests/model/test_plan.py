@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from conftest import tiny_model_config
+from tests.tiny import make_batch, tiny_model_config
 from mmtune.model.build import build_model
 from mmtune.model.plan import count_parameters, describe_parameters
-from test_bridge import _batch
 
 
 def _step(model):
@@ -13,7 +12,7 @@ def _step(model):
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)  # moves every nonzero grad
     for _ in range(2):
         opt.zero_grad()
-        model(**_batch(model)).loss.backward()
+        model(**make_batch(model)).loss.backward()
         opt.step()
     return before
 
