@@ -14,10 +14,12 @@ from typing import Any
 
 import yaml
 
+from mmtune.errors import MmtuneError
+
 TRAIN_PLANS = ("frozen", "lora", "full")
 
 
-class ConfigError(ValueError):
+class ConfigError(MmtuneError, ValueError):
     """A config key is unknown or its value is bad; the message names the key and the fix."""
 
 

@@ -15,6 +15,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from mmtune.audio.encoder import AudioEncoder
 from mmtune.config import ModelConfig, TowerConfig
+from mmtune.errors import MmtuneError
 from mmtune.model.attention import resolve_backend, transformers_name, uses_packing_kwargs
 from mmtune.model.bridge import MultimodalLM
 from mmtune.model.plan import apply_plan, describe_parameters, freeze
@@ -30,8 +31,8 @@ VISION_MODELS = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel,
 VISION_CONFIGS = {"clip_vision_model": CLIPVisionConfig, "siglip_vision_model": SiglipVisionConfig}
 
 
-class UnknownModelError(ValueError):
-    pass
+class UnknownModelError(MmtuneError, ValueError):
+    """A model type mmtune cannot build; the message lists the supported ones."""
 
 
 def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str | None = None):

@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mmtune.config import ModelConfig, from_dict, to_dict
+from mmtune.config import DataConfig, ModelConfig, from_dict, to_dict
 from mmtune.errors import CheckpointError
 
 CONFIG_FILE = "mmtune_config.json"
@@ -40,8 +40,10 @@ def saved_keys(model, cfg: ModelConfig) -> list[str]:
     return [k for k in model.state_dict() if k in trained or k.startswith(tuple(prefixes))]
 
 
-def save_checkpoint(model, tokenizer, cfg: ModelConfig, folder: str | Path, extra_files: dict | None = None) -> Path:
-    """Write the checkpoint folder atomically; `extra_files` maps names to bytes/str (training state)."""
+def save_checkpoint(model, tokenizer, cfg: ModelConfig, folder: str | Path, extra_files: dict | None = None,
+                    data: DataConfig | None = None) -> Path:
+    """Write the checkpoint folder atomically; `extra_files` maps names to bytes/str (training state);
+    `data` (the run's data settings: instruction, max_length) is kept for eval and inference."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -50,6 +52,8 @@ def save_checkpoint(model, tokenizer, cfg: ModelConfig, folder: str | Path, extr
     tensors = {k: state[k].detach().to("cpu").contiguous().clone() for k in saved_keys(model, cfg)}
     save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
     config = {"format": "mmtune", "version": FORMAT_VERSION, "model": to_dict(cfg)}
+    if data is not None:
+        config["data"] = to_dict(data)
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
     for name, data in (extra_files or {}).items():
@@ -68,6 +72,16 @@ def _replace_dir(tmp: Path, folder: Path) -> None:
 
 
 def read_model_config(folder: str | Path) -> ModelConfig:
+    return from_dict(ModelConfig, _read_config(folder)["model"], "model.")
+
+
+def read_data_config(folder: str | Path) -> DataConfig | None:
+    """The data settings the checkpoint's run used, or None for checkpoints saved without them."""
+    data = _read_config(folder).get("data")
+    return from_dict(DataConfig, data, "data.") if data is not None else None
+
+
+def _read_config(folder: str | Path) -> dict:
     folder = Path(folder)
     _check_files(folder)
     try:
@@ -77,7 +91,7 @@ def read_model_config(folder: str | Path) -> ModelConfig:
                               f"use an earlier checkpoint-N folder") from None
     if config.get("format") != "mmtune" or "model" not in config:
         raise CheckpointError(f"{folder / CONFIG_FILE} is not an mmtune checkpoint config (no format/model keys)")
-    return from_dict(ModelConfig, config["model"], "model.")
+    return config
 
 
 def _check_files(folder: Path) -> None:

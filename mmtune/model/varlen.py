@@ -2,10 +2,13 @@
 
 A packed batch is one row of N samples; `cu_seqlens` (N + 1,) marks where each starts. On CUDA
 the kernel is PyTorch's FlashAttention (`torch.nn.attention.varlen.varlen_attn`), which never
-looks at padding or across samples. On the CPU (tests, no FlashAttention) each segment runs
-through SDPA on its own, which is the same computation. Without `cu_seqlens` (padded batches,
-generation) the call is SDPA with the mask transformers built.
+looks at padding or across samples; it takes fp16/bf16. On the CPU (tests, no FlashAttention)
+and for fp32 on CUDA, each segment runs through SDPA on its own, which is the same computation.
+Without `cu_seqlens` (padded batches, generation) the call is SDPA with the mask transformers built.
 """
+
+import functools
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -24,27 +27,53 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
                                       dropout=dropout, **kwargs)
     causal = getattr(module, "is_causal", True)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (1, H, T, Dh) -> (T, H, Dh)
-    if q.is_cuda:
-        out = _flash_varlen(q, k, v, cu_seqlens.to(torch.int32), int(kwargs["max_length_q"]), scaling, causal)
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        if dropout > 0.0:
+            raise ValueError("the varlen FlashAttention kernel has no attention dropout: set the model's "
+                             "attention_dropout to 0, or use attn_implementation: sdpa")
+        cu_seqlens = cu_seqlens.to(device=q.device, dtype=torch.int32)
+        q, k, v = (t.contiguous() for t in (q, k, v))
+        out = _flash_varlen(q, k, v, cu_seqlens, int(kwargs["max_length_q"]), scaling, causal)
     else:
-        out = _segmentwise_sdpa(q, k, v, cu_seqlens, scaling, causal)
+        out = _segmentwise_sdpa(q, k, v, cu_seqlens, scaling, causal, dropout)
     return out.unsqueeze(0), None  # (T, H, Dh) -> (1, T, H, Dh)
 
 
 def _flash_varlen(q, k, v, cu_seqlens, max_seqlen, scaling, causal):
+    """(T, H, Dh) each -> (T, H, Dh) through `varlen_attn`, whose keywords grew over torch releases:
+    2.9 has `is_causal` only; later ones `scale` and `window_size`; 2.12 `enable_gqa`."""
     from torch.nn.attention.varlen import varlen_attn
 
-    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scaling,
-                       window_size=(-1, 0) if causal else (-1, -1), enable_gqa=k.shape[1] != q.shape[1])
+    params = _parameters(varlen_attn)
+    kwargs = {}
+    if k.shape[1] != q.shape[1]:  # grouped-query attention: kv head j serves query heads j*g .. j*g + g - 1
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    if "scale" in params:
+        kwargs["scale"] = scaling
+    elif scaling is not None:  # the kernel's own scale is 1 / sqrt(Dh)
+        q = q * (scaling * q.shape[-1] ** 0.5)
+    if "window_size" in params:
+        kwargs["window_size"] = (-1, 0) if causal else (-1, -1)
+    else:
+        kwargs["is_causal"] = causal
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **kwargs)
 
 
-def _segmentwise_sdpa(q, k, v, cu_seqlens, scaling, causal):
+@functools.lru_cache(maxsize=4)
+def _parameters(fn) -> frozenset:
+    return frozenset(inspect.signature(fn).parameters)
+
+
+def _segmentwise_sdpa(q, k, v, cu_seqlens, scaling, causal, dropout=0.0):
     """(T, H, Dh) each -> (T, H, Dh): SDPA over every segment alone (the CPU stand-in for varlen)."""
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
         seg = [t[start:end].transpose(0, 1) for t in (q, k, v)]  # (H, L, Dh)
-        o = F.scaled_dot_product_attention(*seg, is_causal=causal, scale=scaling,
+        o = F.scaled_dot_product_attention(*seg, is_causal=causal, scale=scaling, dropout_p=dropout,
                                            enable_gqa=seg[1].shape[0] != seg[0].shape[0])
         out[start:end] = o.transpose(0, 1)
     return out

@@ -1,0 +1,277 @@
+"""The `mmtune` command. Each subcommand parses its arguments and calls one library function."""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mmtune.errors import MmtuneError
+
+EPILOG = """examples:
+  mmtune train examples/speech_digits/config.yaml                 train, evaluate, write a report
+  mmtune train examples/speech_digits/config.yaml max_steps=50 output_dir=runs/try resume=auto
+  mmtune data check examples/speech_digits/data/train.jsonl --config examples/speech_digits/config.yaml
+  mmtune eval --checkpoint runs/speech_digits/final --data examples/speech_digits/data/eval.jsonl
+  mmtune transcribe --checkpoint runs/speech_digits/final clip1.wav clip2.flac
+  mmtune generate --checkpoint runs/vision_digits/stage2/final --image digit.png --prompt "Which digit is written here?"
+  mmtune chat --checkpoint runs/omni_digits/final
+  mmtune export --checkpoint runs/speech_digits/final --out exported/
+  mmtune bench packing --json packing.json
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except MmtuneError as e:  # bad config, data, media, checkpoint: the message says what to fix
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; finished checkpoints are kept (resume with resume=auto)", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmtune", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Fine-tune speech and vision-language models: any Whisper / CLIP / SigLIP encoder bridged "
+                    "into any Hugging Face causal LLM through projectors and LoRA.")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_train(sub)
+    _add_eval(sub)
+    _add_generate(sub)
+    _add_transcribe(sub)
+    _add_chat(sub)
+    _add_data(sub)
+    _add_export(sub)
+    _add_bench(sub)
+    return parser
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train from a YAML config", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train, evaluate and report. Overrides are key.sub=value (YAML values); short "
+                                   "forms: output_dir=DIR max_steps=N seed=N resume=auto|PATH lr=X.",
+                       epilog="writes OUTPUT_DIR/{metrics.jsonl, checkpoint-N/, final/, eval.json, report.md, "
+                              "curves.png, predictions.jsonl}\n\nexample:\n  mmtune train "
+                              "examples/speech_digits/config.yaml train.lr=3e-4 data.batching=packed")
+    p.add_argument("config", help="YAML config file (see examples/*/config.yaml)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from mmtune.config import load_config
+    from mmtune.train.loop import train
+
+    metrics = train(load_config(args.config, args.overrides))
+    if metrics:
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a manifest (WER, CER, accuracy, loss)",
+                       description="WER/CER use the normalizer in mmtune.eval.metrics.normalize_text (lowercase, "
+                                   "NFKC, punctuation removed, whitespace collapsed); accuracy is exact match "
+                                   "after the same normalization.")
+    p.add_argument("--checkpoint", required=True, help="a folder written by mmtune train (OUTPUT_DIR/final)")
+    p.add_argument("--data", required=True, help="manifest (JSONL or LLaVA JSON)")
+    p.add_argument("--json", help="write metrics here")
+    p.add_argument("--predictions", help="write per-sample predictions here (JSON lines)")
+    p.add_argument("--instruction", default=None, help="prompt for ASR shorthand rows (default: the training one)")
+    p.add_argument("--metrics", default="loss,wer,cer,accuracy", help="comma-separated")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-samples", type=int)
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from mmtune.data.dataset import MediaSpec, MultimodalDataset
+    from mmtune.eval.run import evaluate, write_predictions
+    from mmtune.model.checkpoint import load_checkpoint
+
+    model, tokenizer, model_cfg = load_checkpoint(args.checkpoint)
+    data_cfg = _data_config(args.checkpoint, args.instruction)
+    dataset = MultimodalDataset.from_manifest(args.data, tokenizer, MediaSpec.from_config(model_cfg, data_cfg),
+                                              data_cfg, train=False)
+    metrics, records = evaluate(model, tokenizer, dataset, tuple(args.metrics.split(",")), args.max_new_tokens,
+                                args.batch_size, args.max_samples)
+    metrics["skipped"] = len(dataset.skipped)
+    print(json.dumps(metrics, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+    if args.predictions:
+        write_predictions(records, args.predictions)
+    return 0
+
+
+def _data_config(checkpoint: str, instruction: str | None):
+    """The data settings the checkpoint was trained with (its run's config), for prompts and limits."""
+    from mmtune.config import DataConfig
+    from mmtune.model.checkpoint import read_data_config
+
+    data = read_data_config(checkpoint) or DataConfig()
+    data.on_bad_sample = "skip"
+    if instruction is not None:
+        data.instruction = instruction
+    return data
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="answer one prompt, with optional audio/image inputs")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--audio", action="append", default=[], help="audio file (repeatable)")
+    p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    _add_sampling(p)
+    p.set_defaults(run=_run_generate)
+
+
+def _add_sampling(p) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _gen_kwargs(args) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+                top_p=args.top_p, seed=args.seed)
+
+
+def _predictor(checkpoint: str, instruction: str | None = None):
+    from mmtune.infer.generate import Predictor
+
+    return Predictor.from_checkpoint(checkpoint, data=_data_config(checkpoint, instruction))
+
+
+def _run_generate(args) -> int:
+    predictor = _predictor(args.checkpoint)
+    print(predictor.answer(args.prompt, audio=args.audio, images=args.image, **_gen_kwargs(args)))
+    return 0
+
+
+def _add_transcribe(sub) -> None:
+    p = sub.add_parser("transcribe", help="transcribe audio files (batched)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("files", nargs="+")
+    p.add_argument("--instruction", default=None, help="default: the instruction the checkpoint was trained with")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(run=_run_transcribe)
+
+
+def _run_transcribe(args) -> int:
+    predictor = _predictor(args.checkpoint, args.instruction)
+    texts = predictor.transcribe(args.files, batch_size=args.batch_size, progress=len(args.files) > 16)
+    for path, text in zip(args.files, texts):
+        print(f"{path}\t{text}")
+    return 0
+
+
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="multi-turn chat in the terminal; /image PATH and /audio PATH attach files",
+                       description="Type a message and press enter. /image PATH or /audio PATH attaches a file to "
+                                   "your next message; /reset clears the conversation; /quit ends.")
+    p.add_argument("--checkpoint", required=True)
+    _add_sampling(p)
+    p.set_defaults(run=_run_chat)
+
+
+def _run_chat(args) -> int:
+    from mmtune.infer.chat import run_chat
+
+    run_chat(_predictor(args.checkpoint), **_gen_kwargs(args))
+    return 0
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="data tools")
+    dsub = p.add_subparsers(title="data commands", metavar="COMMAND")
+    c = dsub.add_parser("check", help="read every row and its media; report ranges and every bad row",
+                        description="Exit status 1 when any row is bad. With --config, token lengths (placeholders "
+                                    "expanded for the configured encoders) and over-length rows are reported too.")
+    c.add_argument("manifest")
+    c.add_argument("--config", help="training config: tokenizer, encoders and data.max_length")
+    c.set_defaults(run=_run_data_check)
+
+
+def _run_data_check(args) -> int:
+    from mmtune.data.check import check_manifest, format_report
+
+    encoder, max_length = None, None
+    if args.config:
+        from mmtune.config import load_config
+        from mmtune.data.dataset import MediaSpec, SampleEncoder
+        from mmtune.model.tokenizer import load_tokenizer
+
+        cfg = load_config(args.config)
+        tokenizer = load_tokenizer(cfg.model.llm.tokenizer or cfg.model.llm.path, cfg.model.llm.chat_template)
+        encoder = SampleEncoder(tokenizer, MediaSpec.from_config(cfg.model, cfg.data), cfg.data)
+        max_length = cfg.data.max_length
+    report = check_manifest(args.manifest, encoder)
+    print(format_report(report, max_length))
+    return 1 if report.bad else 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="merge LoRA and write a plain transformers LLM checkpoint",
+                       description="The output loads with AutoModelForCausalLM.from_pretrained(OUT) without mmtune; "
+                                   "towers and projectors are saved beside it in mmtune_towers.safetensors.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from mmtune.model.export import export_checkpoint
+
+    print(export_checkpoint(args.checkpoint, args.out))
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure this machine: packing, audio encoder, features")
+    bsub = p.add_subparsers(title="benchmarks", metavar="BENCH")
+    for name, help_text in (("packing", "padded vs packed training throughput on a realistic mix"),
+                            ("audio-encoder", "variable-length vs 30 s-padded Whisper encoding of 5 s clips"),
+                            ("features", "mmtune log-mel vs transformers' WhisperFeatureExtractor")):
+        b = bsub.add_parser(name, help=help_text, description=help_text)
+        b.add_argument("--json", help="write the result here")
+        b.add_argument("--device", default="cpu")
+        if name != "features":
+            b.add_argument("--preset", default="tiny", help="tiny (CPU) or real sizes: 0.5b / small (GPU)")
+        b.set_defaults(run=_run_bench, bench=name)
+
+
+def _run_bench(args) -> int:
+    if args.bench == "packing":
+        from mmtune.bench.packing import run
+
+        result = run(device=args.device, preset=args.preset)
+    elif args.bench == "audio-encoder":
+        from mmtune.bench.audio_encoder import run
+
+        result = run(device=args.device, preset=args.preset)
+    else:
+        from mmtune.bench.features import run
+
+        result = run(device=args.device)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

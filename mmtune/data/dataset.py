@@ -1,0 +1,221 @@
+"""Samples -> Examples: load media, compute features, render the chat, apply the bad-input policy.
+
+    spec = MediaSpec.from_config(cfg.model, cfg.data)
+    dataset = MultimodalDataset.from_manifest(cfg.data.train, tokenizer, spec, cfg.data, train=True)
+
+Every sample is encoded once when the dataset is built (features are the heavy work and are
+computed a single time, with a progress bar); bad rows raise a DataError naming the row, or with
+`on_bad_sample: skip` are counted and reported. Training-time augmentation re-draws per access.
+"""
+
+import logging
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+from transformers import AutoConfig
+
+from mmtune.audio.augment import add_noise, spec_augment, speed_perturb
+from mmtune.audio.features import log_mel_spectrogram
+from mmtune.audio.io import SAMPLE_RATE, load_audio
+from mmtune.config import DataConfig, ModelConfig
+from mmtune.data.encode import render_conversation, render_prompt, truncate
+from mmtune.data.example import Example
+from mmtune.data.formats import Sample, read_manifest
+from mmtune.errors import DataError, MediaError
+from mmtune.model.placeholders import PLACEHOLDERS, num_audio_tokens, num_image_tokens
+from mmtune.vision.io import load_image
+from mmtune.vision.preprocess import ImageSpec, preprocess_image
+
+log = logging.getLogger("mmtune")
+MAX_AUDIO_FRAMES = 3000  # mel frames (30 s), the longest clip a Whisper encoder takes
+
+
+@dataclass
+class MediaSpec:
+    """What the model's towers need from the data step (read from configs, no weights loaded)."""
+
+    n_mels: int | None = None  # None: the model has no audio tower
+    audio_stack: int = 1
+    image: ImageSpec | None = None  # None: the model has no vision tower
+    image_tokens: int = 0
+    image_resize: str = "crop"
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, data: DataConfig) -> "MediaSpec":
+        spec = cls(image_resize=data.image_resize)
+        if model.audio is not None:
+            audio = model.audio.config or AutoConfig.from_pretrained(model.audio.path).to_dict()
+            spec.n_mels = int(audio.get("num_mel_bins", 80))
+            spec.audio_stack = model.audio.projector.stack
+        if model.vision is not None:
+            vision = model.vision.config or _vision_config(model.vision.path)
+            default = ImageSpec.siglip if "siglip" in vision.get("model_type", "") else ImageSpec.clip
+            size = int(vision["image_size"])
+            spec.image = ImageSpec.from_pretrained(model.vision.path, default(size)) if model.vision.path else default(size)
+            spec.image_tokens = num_image_tokens(size, int(vision["patch_size"]))
+        return spec
+
+
+def _vision_config(path: str) -> dict:
+    config = AutoConfig.from_pretrained(path)
+    return (getattr(config, "vision_config", None) or config).to_dict()
+
+
+class SampleEncoder:
+    """One Sample -> one Example; raises DataError naming the sample's row."""
+
+    def __init__(self, tokenizer, spec: MediaSpec, data: DataConfig, train: bool = False, seed: int = 0):
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.data = data
+        self.train = train
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.placeholder_ids = {tokenizer.convert_tokens_to_ids(t): m for m, t in PLACEHOLDERS.items()}
+
+    def __call__(self, sample: Sample) -> Example:
+        try:
+            return self._encode(sample)
+        except MediaError as e:
+            raise DataError(sample.source, str(e)) from None
+        except DataError as e:
+            raise DataError(sample.source, e.reason) from None
+
+    def prompt(self, sample: Sample) -> Example:
+        """The sample as a generation prompt (its last assistant turn, if any, left out); labels empty."""
+        messages = sample.messages[:-1] if sample.messages[-1]["role"] == "assistant" else sample.messages
+        try:
+            audio, images, counts = self._media(messages)
+            ids = render_prompt(self.tokenizer, messages, counts)
+        except (MediaError, DataError) as e:
+            raise DataError(sample.source, getattr(e, "reason", str(e))) from None
+        return Example(ids, torch.full_like(ids, -100), audio, images, sample.source)
+
+    def _media(self, messages: list[dict]):
+        parts = [p for m in messages for p in m["content"]]
+        audio = [self.audio_features(p["path"]) for p in parts if p["type"] == "audio"]
+        images = [self.image_pixels(p["path"]) for p in parts if p["type"] == "image"]
+        counts = {"audio": [num_audio_tokens(a.shape[-1], self.spec.audio_stack) for a in audio],
+                  "image": [self.spec.image_tokens] * len(images)}
+        return audio, images, counts
+
+    def _encode(self, sample: Sample) -> Example:
+        audio, images, counts = self._media(sample.messages)
+        ids, labels = render_conversation(self.tokenizer, sample.messages, counts, self.data.train_on)
+        if labels.ne(-100).sum() == 0:
+            raise DataError(sample.source, "no supervised token: the assistant answers rendered to nothing")
+        if len(ids) > self.data.max_length:
+            ids, labels, audio, images = self._truncate(sample, ids, labels, audio, images)
+        return Example(ids, labels, audio, images, sample.source)
+
+    def _truncate(self, sample, ids, labels, audio, images):
+        reason = (f"over-length: {len(ids)} tokens (media included) > data.max_length={self.data.max_length}; "
+                  f"raise max_length or shorten the sample")
+        if self.data.truncation == "drop":
+            raise DataError(sample.source, reason)
+        cut = truncate(ids, labels, self.data.max_length, set(self.placeholder_ids))
+        if cut is None:
+            raise DataError(sample.source, reason + " (truncating the text would leave no supervised token)")
+        ids, labels, runs = cut
+        by_modality = {self.placeholder_ids[pid]: n for pid, n in runs.items()}
+        return ids, labels, audio[: by_modality["audio"]], images[: by_modality["image"]]
+
+    def audio_features(self, path: str) -> torch.Tensor:
+        """A clip -> log-mel (n_mels, frames), augmented when training and configured."""
+        if self.spec.n_mels is None:
+            raise DataError("", "the sample has audio but the model has no audio tower: add model.audio")
+        wave = load_audio(path, SAMPLE_RATE)
+        aug = self.data.augment
+        if self.train and aug.speed:
+            wave = speed_perturb(wave, float(self.rng.choice(aug.speed)))
+        if self.train and aug.noise_snr_db is not None:
+            wave = add_noise(wave, aug.noise_snr_db, self.rng)
+        features = log_mel_spectrogram(wave, n_mels=self.spec.n_mels)  # (n_mels, frames)
+        if features.shape[-1] == 0:
+            raise MediaError(f"audio file {path} is shorter than one 10 ms frame")
+        if features.shape[-1] > MAX_AUDIO_FRAMES:
+            raise MediaError(f"audio file {path} is {features.shape[-1] / 100:.1f} s long; the encoder takes at "
+                             f"most 30 s: split it into shorter clips")
+        return features
+
+    def mask(self, example: Example) -> Example:
+        """SpecAugment on a training example's clips (a fresh draw per call)."""
+        aug = self.data.augment
+        audio = [spec_augment(a, aug.num_masks, aug.freq_mask, aug.time_mask, self.generator) for a in example.audio]
+        return Example(example.input_ids, example.labels, audio, example.images, example.source)
+
+    def image_pixels(self, path: str) -> torch.Tensor:
+        if self.spec.image is None:
+            raise DataError("", "the sample has an image but the model has no vision tower: add model.vision")
+        return preprocess_image(load_image(path), self.spec.image, self.spec.image_resize)  # (3, S, S)
+
+
+@contextmanager
+def one_thread():
+    """Per-clip feature work is many small ops: torch's thread pool costs 10-100x more than it saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class MultimodalDataset(Dataset):
+    """Encoded examples of one manifest, with the counts of what was skipped and why."""
+
+    def __init__(self, samples: list[Sample], encoder: SampleEncoder, on_bad: str = "error",
+                 skipped: list[DataError] | None = None, progress: bool = True, desc: str = "encoding"):
+        self.samples: list[Sample] = []
+        self.examples: list[Example] = []
+        self.encoder = encoder
+        self.skipped: list[DataError] = list(skipped or [])
+        with one_thread():
+            for sample in tqdm(samples, desc=desc, disable=not progress, unit="row", leave=False):
+                try:
+                    example = encoder(sample)
+                except DataError as e:
+                    if on_bad == "error":
+                        raise
+                    self.skipped.append(e)
+                    continue
+                self.samples.append(sample)
+                self.examples.append(example)
+        if not self.examples:
+            raise DataError(desc, f"no usable sample ({len(self.skipped)} skipped); run `mmtune data check`")
+        augment = encoder.data.augment
+        self.redraw = encoder.train and bool(augment.speed or augment.noise_snr_db is not None)  # waveform level
+        self.masking = encoder.train and augment.spec_augment
+
+    @classmethod
+    def from_manifest(cls, path: str, tokenizer, spec: MediaSpec, data: DataConfig, train: bool = False,
+                      seed: int = 0, progress: bool = True) -> "MultimodalDataset":
+        samples, bad = read_manifest(path, data.instruction, data.system, data.on_bad_sample)
+        encoder = SampleEncoder(tokenizer, spec, data, train=train, seed=seed)
+        return cls(samples, encoder, data.on_bad_sample, bad, progress, desc=f"encoding {path}")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        example = self.encoder(self.samples[i]) if self.redraw else self.examples[i]
+        return self.encoder.mask(example) if self.masking else example
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(e) for e in self.examples]
+
+    def stats(self) -> dict:
+        """Rows kept and skipped (by reason), supervised token fraction, modality counts."""
+        tokens = sum(self.lengths)
+        supervised = sum(e.num_supervised for e in self.examples)
+        reasons = Counter(e.reason.split(":")[0] for e in self.skipped)
+        return {"rows": len(self.examples), "skipped": len(self.skipped), "skipped_by_reason": dict(reasons),
+                "tokens": tokens, "supervised_fraction": supervised / max(tokens, 1),
+                "audio_clips": sum(len(e.audio) for e in self.examples),
+                "images": sum(len(e.images) for e in self.examples)}

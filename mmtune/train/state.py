@@ -1,0 +1,99 @@
+"""Training state beside the model in a checkpoint, without pickle.
+
+    optimizer.safetensors   every optimizer tensor, keyed "<param index>.<name>"
+    trainer_state.json      step, data position, schedule, optimizer hyper-parameters, RNG states
+    rng.safetensors         torch's CPU (and CUDA) generator states as uint8 tensors
+"""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from mmtune.errors import CheckpointError
+
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng.safetensors"
+
+
+def optimizer_files(optimizer: torch.optim.Optimizer) -> tuple[bytes, dict]:
+    """(safetensors bytes of the per-parameter tensors, JSON-able rest of the state dict)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return save(tensors) if tensors else save({"_empty": torch.zeros(0)}), {"param_groups": state["param_groups"],
+                                                                             "scalars": scalars}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, meta: dict) -> None:
+    state: dict = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            if key == "_empty":
+                continue
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = f.get_tensor(key)
+    for key, value in meta["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_state(encoder) -> tuple[bytes, dict]:
+    """Global RNGs (torch, CUDA, Python, NumPy) and the data encoder's augmentation generators."""
+    tensors = {"torch": torch.get_rng_state(), "data_torch": encoder.generator.get_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    py = random.getstate()
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    meta = {"python": [py[0], list(py[1]), py[2]], "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+            "data_numpy": encoder.rng.bit_generator.state}
+    return save(tensors), meta
+
+
+def set_rng_state(path: Path, meta: dict, encoder) -> None:
+    with safe_open(str(path), framework="pt") as f:
+        torch.set_rng_state(f.get_tensor("torch"))
+        encoder.generator.set_state(f.get_tensor("data_torch"))
+        cuda = sorted(k for k in f.keys() if k.startswith("cuda."))
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([f.get_tensor(k) for k in cuda])
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    encoder.rng.bit_generator.state = meta["data_numpy"]
+
+
+def training_files(step: int, optimizer, scheduler, stream, encoder) -> dict[str, bytes | str]:
+    """Everything besides the model that resume needs, as {file name: contents}."""
+    opt_bytes, opt_meta = optimizer_files(optimizer)
+    rng_bytes, rng_meta = rng_state(encoder)
+    state = {"step": step, "stream": stream.state_dict(), "scheduler": scheduler.state_dict(),
+             "optimizer": opt_meta, "rng": rng_meta}
+    return {OPTIMIZER_FILE: opt_bytes, RNG_FILE: rng_bytes, STATE_FILE: json.dumps(state)}
+
+
+def load_training_state(folder: Path, optimizer, scheduler, stream, encoder) -> dict:
+    """Restore optimizer, schedule, data position and RNGs from `folder`; returns the state JSON."""
+    missing = [n for n in (STATE_FILE, OPTIMIZER_FILE, RNG_FILE) if not (folder / n).exists()]
+    if missing:
+        raise CheckpointError(f"{folder} lacks {', '.join(missing)}: it holds a model but no training state, "
+                              f"so a run cannot resume from it (final/ folders cannot; use checkpoint-N)")
+    state = json.loads((folder / STATE_FILE).read_text())
+    load_optimizer(optimizer, folder / OPTIMIZER_FILE, state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    stream.load_state_dict(state["stream"])
+    set_rng_state(folder / RNG_FILE, state["rng"], encoder)
+    return state
