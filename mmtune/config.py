@@ -99,6 +99,7 @@ class ModelConfig:
     attn_implementation: str = "auto"  # auto | flash_attention_2 | varlen | sdpa | eager
     dtype: str = "float32"  # float32 | bfloat16 | float16: weights of the base models
     init_seed: int = 0  # seed for parts built from a config (deterministic rebuilds)
+    init_from: str | None = None  # a previous stage's checkpoint folder: start from its weights
 
     def __post_init__(self):
         _check_choice("attn_implementation", self.attn_implementation,
@@ -304,6 +305,7 @@ def _resolve_paths(cfg: Config) -> None:
     """Relative paths in the file resolve against the file's folder (hub ids stay as they are)."""
     m = cfg.model
     m.llm.path, m.llm.tokenizer = resolve_path(cfg, m.llm.path), resolve_path(cfg, m.llm.tokenizer)
+    m.init_from = resolve_path(cfg, m.init_from)
     for tower in (m.audio, m.vision):
         if tower is not None:
             tower.path = resolve_path(cfg, tower.path)

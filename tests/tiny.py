@@ -48,3 +48,41 @@ def make_batch(model, n_frames=27, with_image=True):
     if with_image:
         batch.update(pixel_values=torch.randn(1, 3, 32, 32), image_owner=torch.tensor([0]))
     return batch
+
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def write_asr_run(folder, tokenizer_dir, rows: int = 16, overrides: str = "") -> str:
+    """A tiny ASR training setup on disk: wav clips, train/eval manifests, a YAML config -> its path."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import soundfile as sf
+
+    folder = Path(folder)
+    (folder / "audio").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(rows):
+        seconds = 0.3 + 0.05 * (i % 7)
+        t = np.arange(int(16000 * seconds)) / 16000
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.01 * rng.standard_normal(t.shape)
+        sf.write(folder / "audio" / f"{i}.wav", wave.astype(np.float32), 16000)
+        text = " ".join(DIGITS[(i + k) % 10] for k in range(1 + i % 3))
+        lines.append(json.dumps({"audio": f"audio/{i}.wav", "text": text}))
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "eval.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    llm = {k: v for k, v in TINY_LLMS["qwen2"].items()}
+    config = f"""# mmtune train config.yaml
+model:
+  llm: {{config: {json.dumps(llm)}, tokenizer: {tokenizer_dir}, train: full}}
+  audio: {{config: {json.dumps(TINY_WHISPER)}, train: full, projector: {{type: stack, stack: 2}}}}
+  attn_implementation: sdpa
+data: {{train: train.jsonl, eval: eval.jsonl, batch_size: 4, group_by_length: false}}
+train: {{output_dir: {folder / 'run'}, max_steps: 6, lr: 1.0e-3, warmup_steps: 1, log_every: 1}}
+eval: {{metrics: [loss, wer], max_new_tokens: 6}}
+{overrides}"""
+    (folder / "config.yaml").write_text(config)
+    return str(folder / "config.yaml")

@@ -6,8 +6,11 @@ the same model; their weights are saved whole in checkpoints (`mmtune.model.chec
 """
 
 import logging
+from pathlib import Path
 
 import torch
+import transformers
+from safetensors.torch import load_file
 from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel,
                           SiglipVisionConfig, SiglipVisionModel, WhisperConfig, WhisperModel)
@@ -15,7 +18,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from mmtune.audio.encoder import AudioEncoder
 from mmtune.config import ModelConfig, TowerConfig
-from mmtune.errors import MmtuneError
+from mmtune.errors import CheckpointError, MmtuneError
 from mmtune.model.attention import resolve_backend, transformers_name, uses_packing_kwargs
 from mmtune.model.bridge import MultimodalLM
 from mmtune.model.plan import apply_plan, describe_parameters, freeze
@@ -35,33 +38,105 @@ class UnknownModelError(MmtuneError, ValueError):
     """A model type mmtune cannot build; the message lists the supported ones."""
 
 
-def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str | None = None):
-    """-> (MultimodalLM, tokenizer). `tokenizer_path` overrides the config's (checkpoints ship theirs)."""
+def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str | None = None,
+                init_from: str | None = None):
+    """-> (MultimodalLM, tokenizer). `tokenizer_path` overrides the config's (checkpoints ship theirs).
+
+    `init_from` (default: cfg.init_from) is a previous stage's checkpoint: its weights are loaded
+    (LoRA merged) into the raw parts before this stage's plans decide what trains.
+    """
+    init_from = cfg.init_from if init_from is None else (init_from or None)
     backend = resolve_backend(cfg.attn_implementation, device)
     attn = transformers_name(backend)
     dtype = DTYPES[cfg.dtype]
+    if tokenizer_path is None and init_from is not None:
+        tokenizer_path = str(Path(init_from) / "tokenizer")
     tokenizer = load_tokenizer(tokenizer_path or cfg.llm.tokenizer or cfg.llm.path, cfg.llm.chat_template)
     torch.manual_seed(cfg.init_seed)
     llm = build_llm(cfg, len(tokenizer), attn, dtype)
-    audio = vision = None
-    audio_proj = vision_proj = None
+    audio = vision = audio_proj = vision_proj = None
     if cfg.audio is not None:
         audio = AudioEncoder(build_whisper_encoder(cfg.audio, dtype))
-        audio.encoder = apply_plan(audio.encoder, cfg.audio.train, cfg.lora)
         audio_proj = build_projector(cfg.audio.projector, audio.hidden_size, llm.config.hidden_size)
-        freeze(audio_proj, cfg.audio.projector.frozen)
     if cfg.vision is not None:
         vision = VisionTower(build_vision_model(cfg.vision, dtype, attn), cfg.vision.feature_layer)
-        vision.model = apply_plan(vision.model, cfg.vision.train, cfg.lora)
         vision_proj = build_projector(cfg.vision.projector, vision.hidden_size, llm.config.hidden_size)
-        freeze(vision_proj, cfg.vision.projector.frozen)
-    llm = apply_plan(llm, cfg.llm.train, cfg.lora)
     model = MultimodalLM(llm, placeholder_ids(tokenizer), audio, audio_proj, vision, vision_proj,
                          audio_stack=cfg.audio.projector.stack if cfg.audio else 1)
+    model.whole_parts = config_built_parts(cfg)
+    if init_from is not None:
+        model.whole_parts |= load_previous_stage(model, init_from)
+    apply_plans(model, cfg)
     model.attn_kwargs_for_packing = uses_packing_kwargs(backend)
     model.backend = backend
     log.info("attention backend: %s; %s", backend, describe_parameters(model))
     return model, tokenizer
+
+
+# where each part's wrapped module lives: (owner attribute path, module attribute)
+PARTS = {"llm": ("", "llm"), "audio_encoder": ("audio_encoder", "encoder"), "vision_tower": ("vision_tower", "model")}
+
+
+def _part_owner(model: MultimodalLM, part: str):
+    owner_path, attr = PARTS[part]
+    owner = getattr(model, owner_path) if owner_path else model
+    return owner, attr
+
+
+def apply_plans(model: MultimodalLM, cfg: ModelConfig) -> None:
+    """Freeze / fully train / LoRA-wrap each part, as the config says; projectors train unless frozen."""
+    plans = {"llm": cfg.llm.train, "audio_encoder": cfg.audio and cfg.audio.train,
+             "vision_tower": cfg.vision and cfg.vision.train}
+    for part, plan in plans.items():
+        owner, attr = _part_owner(model, part)
+        if owner is not None:
+            setattr(owner, attr, apply_plan(getattr(owner, attr), plan, cfg.lora))
+    freeze(model.audio_projector, cfg.audio is not None and cfg.audio.projector.frozen)
+    freeze(model.vision_projector, cfg.vision is not None and cfg.vision.projector.frozen)
+
+
+def config_built_parts(cfg: ModelConfig) -> set[str]:
+    """Parts with no base weights elsewhere: saved whole in every checkpoint."""
+    parts = {"audio_projector", "vision_projector"}
+    if cfg.llm.config is not None:
+        parts.add("llm")
+    if cfg.audio is not None and cfg.audio.config is not None:
+        parts.add("audio_encoder")
+    if cfg.vision is not None and cfg.vision.config is not None:
+        parts.add("vision_tower")
+    return parts
+
+
+def load_previous_stage(model: MultimodalLM, folder: str) -> set[str]:
+    """Load a previous stage's checkpoint into the raw parts (its LoRA merged); returns the parts it touched."""
+    from mmtune.model.checkpoint import WEIGHTS_FILE, read_model_config
+
+    prev = read_model_config(folder)
+    tensors = load_file(str(Path(folder) / WEIGHTS_FILE))
+    prev_plans = {"llm": prev.llm.train, "audio_encoder": prev.audio and prev.audio.train,
+                  "vision_tower": prev.vision and prev.vision.train}
+    wrapped = []
+    for part, plan in prev_plans.items():
+        owner, attr = _part_owner(model, part)
+        if plan == "lora" and owner is not None and any(k.startswith(part + ".") for k in tensors):
+            setattr(owner, attr, apply_plan(getattr(owner, attr), "lora", prev.lora))
+            wrapped.append((owner, attr))
+    _load_checked(model, tensors, folder)
+    for owner, attr in wrapped:
+        setattr(owner, attr, getattr(owner, attr).merge_and_unload())
+    return {k.split(".", 1)[0] for k in tensors}
+
+
+def _load_checked(model: nn.Module, tensors: dict, folder: str) -> None:
+    state = model.state_dict()
+    for key, tensor in tensors.items():
+        if key not in state:
+            raise CheckpointError(f"model.init_from {folder}: tensor {key} has no place in this stage's model; "
+                                  f"the stages must use the same model parts (towers, projector types, sizes)")
+        if tuple(tensor.shape) != tuple(state[key].shape):
+            raise CheckpointError(f"model.init_from {folder}: tensor {key} has shape {tuple(tensor.shape)} but "
+                                  f"this stage builds {tuple(state[key].shape)}; keep the sizes of the previous stage")
+    model.load_state_dict(tensors, strict=False)
 
 
 def build_llm(cfg: ModelConfig, vocab_size: int, attn: str, dtype: torch.dtype) -> nn.Module:
@@ -118,8 +193,10 @@ def _config_from_dict(values: dict, key: str):
         raise UnknownModelError(f"{key}: add model_type (e.g. llama, qwen2) so transformers knows the architecture")
     try:
         return AutoConfig.for_model(model_type, **values)
-    except ValueError as e:
-        raise UnknownModelError(f"{key}: unknown model_type {model_type!r}: {e}") from None
+    except ValueError:  # transformers' message lists every model type it has: hundreds of names
+        raise UnknownModelError(f"{key}: unknown model_type {model_type!r}: transformers {transformers.__version__} "
+                                f"has no such architecture; use a causal LM type it knows (e.g. llama, qwen2, "
+                                f"mistral, gemma) or upgrade transformers") from None
 
 
 def _check_type(model_type: str, allowed: tuple, key: str) -> None:

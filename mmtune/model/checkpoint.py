@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from mmtune.config import DataConfig, ModelConfig, from_dict, to_dict
 from mmtune.errors import CheckpointError
@@ -28,16 +28,11 @@ FORMAT_VERSION = 1
 
 
 def saved_keys(model, cfg: ModelConfig) -> list[str]:
-    """State-dict keys a checkpoint holds: trained parameters, projectors, config-built parts whole."""
-    prefixes = ["audio_projector.", "vision_projector."]
-    if cfg.llm.config is not None:
-        prefixes.append("llm.")
-    if cfg.audio is not None and cfg.audio.config is not None:
-        prefixes.append("audio_encoder.")
-    if cfg.vision is not None and cfg.vision.config is not None:
-        prefixes.append("vision_tower.")
+    """State-dict keys a checkpoint holds: trained parameters, and the whole of every part with no base
+    weights elsewhere (built from a config, or loaded from a previous stage: `model.whole_parts`)."""
+    prefixes = tuple(f"{part}." for part in model.whole_parts)
     trained = {name for name, p in model.named_parameters() if p.requires_grad}
-    return [k for k in model.state_dict() if k in trained or k.startswith(tuple(prefixes))]
+    return [k for k in model.state_dict() if k in trained or k.startswith(prefixes)]
 
 
 def save_checkpoint(model, tokenizer, cfg: ModelConfig, folder: str | Path, extra_files: dict | None = None,
@@ -51,7 +46,8 @@ def save_checkpoint(model, tokenizer, cfg: ModelConfig, folder: str | Path, extr
     state = model.state_dict()
     tensors = {k: state[k].detach().to("cpu").contiguous().clone() for k in saved_keys(model, cfg)}
     save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-    config = {"format": "mmtune", "version": FORMAT_VERSION, "model": to_dict(cfg)}
+    config = {"format": "mmtune", "version": FORMAT_VERSION, "model": to_dict(cfg),
+              "whole_parts": sorted(model.whole_parts)}
     if data is not None:
         config["data"] = to_dict(data)
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
@@ -106,11 +102,15 @@ def _check_files(folder: Path) -> None:
 
 def load_checkpoint(folder: str | Path, device: str | None = None):
     """-> (model, tokenizer, ModelConfig) rebuilt from the folder, on `device` (default CPU)."""
-    from mmtune.model.build import build_model
+    from mmtune.model.build import UnknownModelError, build_model
 
     folder = Path(folder)
     cfg = read_model_config(folder)
-    model, tokenizer = build_model(cfg, tokenizer_path=str(folder / TOKENIZER_DIR), device=device)
+    try:  # init_from="" : every weight a previous stage gave is in this folder, so it is not read again
+        model, tokenizer = build_model(cfg, tokenizer_path=str(folder / TOKENIZER_DIR), device=device, init_from="")
+    except UnknownModelError as e:  # the bad model type is in this folder's config file: name it
+        raise UnknownModelError(f"{folder / CONFIG_FILE}: {e}") from None
+    model.whole_parts |= set(_read_config(folder).get("whole_parts", []))
     load_weights(model, cfg, folder / WEIGHTS_FILE)
     if device is not None:
         model.to(device)
@@ -122,23 +122,29 @@ def load_weights(model, cfg: ModelConfig, path: Path) -> None:
     """Load the safetensors file into the rebuilt model, checking names and shapes first."""
     state = model.state_dict()
     expected = set(saved_keys(model, cfg))
-    with safe_open(str(path), framework="pt") as f:
-        keys = set(f.keys())
-        unknown = sorted(keys - set(state))
-        if unknown:
-            raise CheckpointError(f"{path} holds {len(unknown)} tensors this model does not have (e.g. {unknown[0]}): "
-                                  f"{CONFIG_FILE} does not match the weights; was the folder mixed with another run's?")
-        missing = sorted(expected - keys)
-        if missing:
-            raise CheckpointError(f"{path} lacks {len(missing)} trained tensors (e.g. {missing[0]}): the weights "
-                                  f"file is incomplete or from another config; use an earlier checkpoint")
-        loaded = {}
-        for key in keys:
-            tensor = f.get_tensor(key)
-            if tuple(tensor.shape) != tuple(state[key].shape):
-                raise CheckpointError(_shape_message(path, key, tuple(tensor.shape), tuple(state[key].shape)))
-            loaded[key] = tensor
-    model.load_state_dict(loaded, strict=False)
+    tensors = read_weights(path)
+    unknown = sorted(set(tensors) - set(state))
+    if unknown:
+        raise CheckpointError(f"{path} holds {len(unknown)} tensors this model does not have (e.g. {unknown[0]}): "
+                              f"{CONFIG_FILE} does not match the weights; was the folder mixed with another run's?")
+    missing = sorted(expected - set(tensors))
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} trained tensors (e.g. {missing[0]}): the weights "
+                              f"file is incomplete or from another config; use an earlier checkpoint")
+    # projectors first: a projector that does not fit its tower is the mismatch that explains the others
+    for key in sorted(tensors, key=lambda k: ("projector" not in k, k)):
+        if tuple(tensors[key].shape) != tuple(state[key].shape):
+            raise CheckpointError(_shape_message(path, key, tuple(tensors[key].shape), tuple(state[key].shape)))
+    model.load_state_dict(tensors, strict=False)
+
+
+def read_weights(path: str | Path) -> dict:
+    """All tensors of a safetensors file (never a pickle); a damaged file is a CheckpointError."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} cannot be read as safetensors ({e}): the file is damaged or was cut off "
+                              f"while writing; use an earlier checkpoint-N folder") from None
 
 
 def _shape_message(path: Path, key: str, saved: tuple, built: tuple) -> str:

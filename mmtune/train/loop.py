@@ -43,7 +43,9 @@ class TrainingError(MmtuneError):
 
 def train(cfg: Config) -> dict:
     """Run the configured training; returns the final eval metrics (also in OUTPUT_DIR/eval.json)."""
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision))
+    # cpu=True without CUDA lets `accelerate launch --num_processes N` run DDP over gloo on the CPU
+    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision),
+                              cpu=not torch.cuda.is_available())
     out = Path(cfg.train.output_dir)
     resume_dir = find_resume(out, cfg.train.resume)
     set_seed(cfg.train.seed)
