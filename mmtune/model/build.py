@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 import transformers
-from safetensors.torch import load_file
 from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel,
                           SiglipVisionConfig, SiglipVisionModel, WhisperConfig, WhisperModel)
@@ -49,8 +48,9 @@ def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str
     backend = resolve_backend(cfg.attn_implementation, device)
     attn = transformers_name(backend)
     dtype = DTYPES[cfg.dtype]
-    if tokenizer_path is None and init_from is not None:
-        tokenizer_path = str(Path(init_from) / "tokenizer")
+    if init_from is not None:
+        _check_previous_stage(init_from)  # before its tokenizer is read: a bad folder is named as such
+        tokenizer_path = tokenizer_path or str(Path(init_from) / "tokenizer")
     tokenizer = load_tokenizer(tokenizer_path or cfg.llm.tokenizer or cfg.llm.path, cfg.llm.chat_template)
     torch.manual_seed(cfg.init_seed)
     llm = build_llm(cfg, len(tokenizer), attn, dtype)
@@ -109,10 +109,10 @@ def config_built_parts(cfg: ModelConfig) -> set[str]:
 
 def load_previous_stage(model: MultimodalLM, folder: str) -> set[str]:
     """Load a previous stage's checkpoint into the raw parts (its LoRA merged); returns the parts it touched."""
-    from mmtune.model.checkpoint import WEIGHTS_FILE, read_model_config
+    from mmtune.model.checkpoint import WEIGHTS_FILE, read_model_config, read_weights
 
     prev = read_model_config(folder)
-    tensors = load_file(str(Path(folder) / WEIGHTS_FILE))
+    tensors = read_weights(Path(folder) / WEIGHTS_FILE)
     prev_plans = {"llm": prev.llm.train, "audio_encoder": prev.audio and prev.audio.train,
                   "vision_tower": prev.vision and prev.vision.train}
     wrapped = []
@@ -127,9 +127,19 @@ def load_previous_stage(model: MultimodalLM, folder: str) -> set[str]:
     return {k.split(".", 1)[0] for k in tensors}
 
 
+def _check_previous_stage(folder: str) -> None:
+    from mmtune.model.checkpoint import read_model_config
+
+    try:
+        read_model_config(folder)
+    except CheckpointError as e:
+        raise CheckpointError(f"model.init_from: {e}") from None
+
+
 def _load_checked(model: nn.Module, tensors: dict, folder: str) -> None:
     state = model.state_dict()
-    for key, tensor in tensors.items():
+    for key in sorted(tensors, key=lambda k: ("projector" not in k, k)):  # same order on every run
+        tensor = tensors[key]
         if key not in state:
             raise CheckpointError(f"model.init_from {folder}: tensor {key} has no place in this stage's model; "
                                   f"the stages must use the same model parts (towers, projector types, sizes)")
