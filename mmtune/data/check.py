@@ -26,21 +26,26 @@ class CheckReport:
     audio_seconds: list[float] = field(default_factory=list)
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
     token_lengths: list[int] = field(default_factory=list)
-    over_length: list[str] = field(default_factory=list)
+    over_length: list[str] = field(default_factory=list)  # sources of rows over data.max_length (dropped or cut)
+    truncated: list[str] = field(default_factory=list)  # those of them cut in text (truncation: text), still good
 
 
 def check_manifest(path: str, encoder: SampleEncoder | None = None, instruction: str = "Transcribe the audio.",
                    progress: bool = True) -> CheckReport:
     """Decode every row's media (and encode it when `encoder` is given), collecting every problem."""
-    if encoder is not None:
-        instruction = encoder.data.instruction
-    samples, bad = read_manifest(path, instruction, on_bad="skip")
+    system = None
+    if encoder is not None:  # read rows as training does, so token lengths are the ones training sees
+        instruction, system = encoder.data.instruction, encoder.data.system
+    samples, bad = read_manifest(path, instruction, system, on_bad="skip")
     report = CheckReport(path, rows=len(samples) + len(bad), bad=list(bad))
     for sample in tqdm(samples, desc=f"checking {path}", unit="row", disable=not progress, leave=False):
         try:
             _check_media(sample, report)
             if encoder is not None:
                 report.token_lengths.append(len(encoder(sample)))
+                if sample.source in encoder.truncated:
+                    report.over_length.append(sample.source)
+                    report.truncated.append(sample.source)
             report.good += 1
         except MediaError as e:
             report.bad.append(DataError(sample.source, str(e)))
@@ -84,7 +89,10 @@ def format_report(report: CheckReport, max_length: int | None = None) -> str:
         lines.append(f"  tokens per row (media included): min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
                      f"max {lengths[-1]}" + (f", limit {max_length}" if max_length else ""))
     if report.over_length:
-        lines.append(f"  over-length rows: {len(report.over_length)}")
+        cut = f" ({len(report.truncated)} cut to the limit in text)" if report.truncated else ""
+        lines.append(f"  over-length rows: {len(report.over_length)}{cut}")
+    for source in report.truncated:
+        lines.append(f"  TRUNCATED {source}: over the token limit; the text past it is cut (data.truncation: text)")
     for err in report.bad:
         lines.append(f"  BAD {err.source}: {err.reason}")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ computed a single time, with a progress bar); bad rows raise a DataError naming 
 """
 
 import logging
+import re
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class SampleEncoder:
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.placeholder_ids = {tokenizer.convert_tokens_to_ids(t): m for m, t in PLACEHOLDERS.items()}
+        self.truncated: set[str] = set()  # sources of samples cut to max_length in text (truncation: text)
 
     def __call__(self, sample: Sample) -> Example:
         try:
@@ -122,6 +124,7 @@ class SampleEncoder:
         if cut is None:
             raise DataError(sample.source, reason + " (truncating the text would leave no supervised token)")
         ids, labels, runs = cut
+        self.truncated.add(sample.source)
         by_modality = {self.placeholder_ids[pid]: n for pid, n in runs.items()}
         return ids, labels, audio[: by_modality["audio"]], images[: by_modality["image"]]
 
@@ -211,11 +214,22 @@ class MultimodalDataset(Dataset):
         return [len(e) for e in self.examples]
 
     def stats(self) -> dict:
-        """Rows kept and skipped (by reason), supervised token fraction, modality counts."""
+        """Rows kept, skipped (by kind of reason) and truncated, supervised token fraction, modality counts."""
         tokens = sum(self.lengths)
         supervised = sum(e.num_supervised for e in self.examples)
-        reasons = Counter(e.reason.split(":")[0] for e in self.skipped)
+        reasons = Counter(reason_kind(e.reason) for e in self.skipped)
         return {"rows": len(self.examples), "skipped": len(self.skipped), "skipped_by_reason": dict(reasons),
-                "tokens": tokens, "supervised_fraction": supervised / max(tokens, 1),
+                "truncated": len(self.encoder.truncated), "tokens": tokens,
+                "supervised_fraction": supervised / max(tokens, 1),
                 "audio_clips": sum(len(e.audio) for e in self.examples),
                 "images": sum(len(e.images) for e in self.examples)}
+
+
+def reason_kind(reason: str) -> str:
+    """A skip reason without what is particular to its row: the text before the first ':', ';' or '(',
+    file paths as <file> and numbers as N (not those in names such as UTF-8).
+        reason_kind("cannot decode audio /data/a.flac: Error opening ...")  # "cannot decode audio <file>"
+    """
+    head = re.split(r"[:;(]", reason, maxsplit=1)[0]
+    head = re.sub(r"\S*[/\\]\S*", "<file>", head)
+    return re.sub(r"(?<![\w-])\d+", "N", head).strip()
