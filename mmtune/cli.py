@@ -248,8 +248,13 @@ def _add_bench(sub) -> None:
         b = bsub.add_parser(name, help=help_text, description=help_text)
         b.add_argument("--json", help="write the result here")
         b.add_argument("--device", default="cpu")
+        b.add_argument("--threads", type=int, default=None if name != "features" else 1,
+                       help="torch CPU threads during the run (1 gives steady figures on a shared machine)")
         if name != "features":
-            b.add_argument("--preset", default="tiny", help="tiny (CPU) or real sizes: 0.5b / small (GPU)")
+            b.add_argument("--preset", default="tiny",
+                           help="tiny (CPU); real sizes for --device cuda: 0.5b (packing) / small (audio-encoder)")
+        if name == "packing":
+            b.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, for MFU, if not known")
         b.set_defaults(run=_run_bench, bench=name)
 
 
@@ -257,15 +262,15 @@ def _run_bench(args) -> int:
     if args.bench == "packing":
         from mmtune.bench.packing import run
 
-        result = run(device=args.device, preset=args.preset)
+        result = run(device=args.device, preset=args.preset, peak_tflops=args.peak_tflops, threads=args.threads)
     elif args.bench == "audio-encoder":
         from mmtune.bench.audio_encoder import run
 
-        result = run(device=args.device, preset=args.preset)
+        result = run(device=args.device, preset=args.preset, threads=args.threads)
     else:
         from mmtune.bench.features import run
 
-        result = run(device=args.device)
+        result = run(device=args.device, threads=args.threads)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -56,11 +56,11 @@ def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str
     llm = build_llm(cfg, len(tokenizer), attn, dtype)
     audio = vision = audio_proj = vision_proj = None
     if cfg.audio is not None:
-        audio = AudioEncoder(build_whisper_encoder(cfg.audio, dtype))
-        audio_proj = build_projector(cfg.audio.projector, audio.hidden_size, llm.config.hidden_size)
+        audio = AudioEncoder(build_whisper_encoder(cfg.audio, dtype, encoder_attention(backend)))
+        audio_proj = build_projector(cfg.audio.projector, audio.hidden_size, llm.config.hidden_size).to(dtype)
     if cfg.vision is not None:
         vision = VisionTower(build_vision_model(cfg.vision, dtype, attn), cfg.vision.feature_layer)
-        vision_proj = build_projector(cfg.vision.projector, vision.hidden_size, llm.config.hidden_size)
+        vision_proj = build_projector(cfg.vision.projector, vision.hidden_size, llm.config.hidden_size).to(dtype)
     model = MultimodalLM(llm, placeholder_ids(tokenizer), audio, audio_proj, vision, vision_proj,
                          audio_stack=cfg.audio.projector.stack if cfg.audio else 1)
     model.whole_parts = config_built_parts(cfg)
@@ -169,17 +169,41 @@ def build_llm(cfg: ModelConfig, vocab_size: int, attn: str, dtype: torch.dtype) 
     return llm
 
 
-def build_whisper_encoder(tower: TowerConfig, dtype: torch.dtype) -> nn.Module:
+def encoder_attention(backend: str) -> str:
+    """The Whisper encoder packs a batch's clips into one varlen call where a varlen kernel runs."""
+    return transformers_name("varlen") if backend in ("varlen", "flash_attention_2") else "sdpa"
+
+
+def build_whisper_encoder(tower: TowerConfig, dtype: torch.dtype, attn: str = "sdpa") -> nn.Module:
     """The encoder half of a Whisper checkpoint, or a fresh one from a config dict."""
     if tower.config is not None:
         config = WhisperConfig(**{k: v for k, v in tower.config.items() if k != "model_type"})
         _check_type(tower.config.get("model_type", "whisper"), ("whisper",), "model.audio.config")
         encoder = WhisperEncoder(config).to(dtype)
+        init_convs_from_scratch(encoder)
     else:
         _check_type(AutoConfig.from_pretrained(tower.path).model_type, ("whisper",), f"model.audio.path {tower.path}")
         encoder = WhisperModel.from_pretrained(tower.path, dtype=dtype).encoder  # decoder dropped with the wrapper
-    encoder.config._attn_implementation = "sdpa"
+    encoder.config._attn_implementation = attn
     return encoder
+
+
+FRESH_POSITION_SCALE = 0.1  # sinusoid table scale for a from-scratch encoder (per-frame norm 8 -> 0.8)
+
+
+def init_convs_from_scratch(encoder: nn.Module) -> None:
+    """He init for a fresh Whisper encoder's convolutions, and quieter positions.
+
+    With transformers' std 0.02 the convolutions' output (norm ~0.6 per frame) is drowned by the
+    sinusoidal positions (norm 8): every clip looks alike to the LLM, and the offline example
+    predicted one constant answer after 1000 steps. He init and a 0.1 position scale put content
+    first; pretrained encoders (given by path) are never touched.
+    """
+    for conv in (encoder.conv1, encoder.conv2):
+        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+    with torch.no_grad():
+        encoder.embed_positions.weight.mul_(FRESH_POSITION_SCALE)
 
 
 def build_vision_model(tower: TowerConfig, dtype: torch.dtype, attn: str) -> nn.Module:

@@ -2,8 +2,9 @@
 
 A packed batch is one row of N samples; `cu_seqlens` (N + 1,) marks where each starts. On CUDA
 the kernel is PyTorch's FlashAttention (`torch.nn.attention.varlen.varlen_attn`), which never
-looks at padding or across samples; it takes fp16/bf16. On the CPU (tests, no FlashAttention)
-and for fp32 on CUDA, each segment runs through SDPA on its own, which is the same computation.
+looks at padding or across samples; it takes fp16/bf16 and head sizes that are multiples of 8.
+On the CPU (tests, no FlashAttention), and on CUDA otherwise, each segment runs through SDPA on
+its own, which is the same computation.
 Without `cu_seqlens` (padded batches, generation) the call is SDPA with the mask transformers built.
 """
 
@@ -27,7 +28,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
                                       dropout=dropout, **kwargs)
     causal = getattr(module, "is_causal", True)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (1, H, T, Dh) -> (T, H, Dh)
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_head_dim(q.shape[-1]):
         if dropout > 0.0:
             raise ValueError("the varlen FlashAttention kernel has no attention dropout: set the model's "
                              "attention_dropout to 0, or use attn_implementation: sdpa")
@@ -37,6 +38,11 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     else:
         out = _segmentwise_sdpa(q, k, v, cu_seqlens, scaling, causal, dropout)
     return out.unsqueeze(0), None  # (T, H, Dh) -> (1, T, H, Dh)
+
+
+def _flash_head_dim(dim: int) -> bool:
+    """FlashAttention takes head sizes that are multiples of 8, up to 256 (others: per-segment SDPA)."""
+    return dim % 8 == 0 and dim <= 256
 
 
 def _flash_varlen(q, k, v, cu_seqlens, max_seqlen, scaling, causal):
@@ -68,15 +74,26 @@ def _parameters(fn) -> frozenset:
 
 
 def _segmentwise_sdpa(q, k, v, cu_seqlens, scaling, causal, dropout=0.0):
-    """(T, H, Dh) each -> (T, H, Dh): SDPA over every segment alone (the CPU stand-in for varlen)."""
-    out = torch.empty_like(q)
-    bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        seg = [t[start:end].transpose(0, 1) for t in (q, k, v)]  # (H, L, Dh)
-        o = F.scaled_dot_product_attention(*seg, is_causal=causal, scale=scaling, dropout_p=dropout,
-                                           enable_gqa=seg[1].shape[0] != seg[0].shape[0])
-        out[start:end] = o.transpose(0, 1)
-    return out
+    """(T, H, Dh) each -> (T, H, Dh): SDPA over every segment alone (the CPU stand-in for varlen).
+
+    `split` and `cat` keep the backward pass to one concatenation per tensor (slicing would
+    make a full-size zero gradient per segment). Key/value heads are repeated for grouped-query
+    attention, as transformers' SDPA path does: the CPU's flash kernel takes no `enable_gqa`.
+    Positions past cu_seqlens[-1] give zeros."""
+    if k.shape[1] != q.shape[1]:
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))  # (T, H_kv, Dh) -> (T, H, Dh)
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    tail = q.shape[0] - sum(lengths)
+    sizes = lengths + [tail] if tail else lengths
+    outs = []
+    for qs, ks, vs in zip(q.split(sizes), k.split(sizes), v.split(sizes)):
+        qs, ks, vs = (t.transpose(0, 1)[None] for t in (qs, ks, vs))  # (L, H, Dh) -> (1, H, L, Dh): the CPU
+        # flash kernel takes 4-D inputs only (3-D ones go to the slower math kernel)
+        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scaling, dropout_p=dropout)
+        outs.append(o[0].transpose(0, 1))  # (1, H, L, Dh) -> (L, H, Dh)
+    if tail:
+        outs[-1] = torch.zeros_like(outs[-1])
+    return torch.cat(outs)
 
 
 def register_varlen_attention() -> str:

@@ -83,7 +83,8 @@ def _examples(model):
     torch.manual_seed(0)
     for k, (frames, image, n_text) in enumerate([(0, False, 11), (45, False, 4), (0, True, 7), (23, True, 9)]):
         text = torch.randint(10, 200, (n_text,)).tolist()
-        ids = text[:2] + [a] * (num_audio_tokens(frames, 2) if frames else 0) + [i] * (n_image if image else 0) + text[2:]
+        media = [a] * (num_audio_tokens(frames, 2) if frames else 0) + [i] * (n_image if image else 0)
+        ids = text[:2] + media + text[2:]
         labels = [-100] * (len(ids) - len(text) + 2) + text[2:]
         audio = [torch.randn(80, frames)] if frames else []
         images = [torch.randn(3, 32, 32)] if image else []
@@ -108,7 +109,8 @@ def test_packed_varlen_logits_equal_padded_sdpa_per_sample(tokenizer_dir, monkey
         out = varlen_model.eval()(**packed)
     bounds = packed["cu_seqlens"].tolist()
     for b, e in enumerate(examples):
-        torch.testing.assert_close(out.logits[0, bounds[b] : bounds[b + 1]], ref.logits[b, : len(e)], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.logits[0, bounds[b] : bounds[b + 1]], ref.logits[b, : len(e)],
+                                   atol=1e-5, rtol=1e-5)
     n_layers = len(varlen_model.llm.model.layers) + len(varlen_model.audio_encoder.encoder.layers)
     assert len(calls) == n_layers  # every LLM and audio layer went through cu_seqlens
     assert out.num_tokens == ref.num_tokens
@@ -263,3 +265,53 @@ def test_flash_call_adapts_to_the_kernel_signature(monkeypatch, kernel, causal):
     cu = torch.tensor([0, 7, 12], dtype=torch.int32)
     out = varlen._flash_varlen(q, k, v, cu, 7, 0.3, causal)
     torch.testing.assert_close(out, varlen._segmentwise_sdpa(q, k, v, cu, 0.3, causal), atol=1e-6, rtol=1e-5)
+
+
+# ---- on a GPU: PyTorch's FlashAttention varlen kernel (skipped without CUDA) -------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("causal", [True, False])
+def test_cuda_varlen_kernel_matches_fp32_reference_forward_and_backward(causal):
+    torch.manual_seed(0)
+    lengths, heads, kv_heads, dim = [37, 130, 5, 64], 8, 2, 64
+    cu = torch.tensor([0, 37, 167, 172, 236], dtype=torch.int32, device="cuda")
+    q = torch.randn(1, heads, sum(lengths), dim, device="cuda")
+    k, v = (torch.randn(1, kv_heads, sum(lengths), dim, device="cuda") for _ in range(2))
+    module = types.SimpleNamespace(is_causal=causal, training=True)
+    inputs = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    out, _ = varlen_attention_forward(module, *inputs, None, scaling=dim**-0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                                      max_length_q=130, max_length_k=130)
+    ref_inputs = [t.clone().requires_grad_() for t in (q, k, v)]  # fp32: the per-segment SDPA reference
+    ref = varlen._segmentwise_sdpa(*(t[0].transpose(0, 1) for t in ref_inputs), cu, dim**-0.5, causal)
+    assert out.dtype == torch.bfloat16 and out.shape == (1, sum(lengths), heads, dim)
+    torch.testing.assert_close(out[0].float(), ref, atol=2e-2, rtol=2e-2)
+    grad = torch.randn_like(ref)
+    out[0].float().backward(grad)
+    ref.backward(grad)
+    for got, want in zip(inputs, ref_inputs):
+        torch.testing.assert_close(got.grad.float(), want.grad, atol=5e-2, rtol=5e-2)
+
+
+@cuda
+def test_cuda_packed_model_logits_within_bf16_tolerance_of_padded(tokenizer_dir):
+    cfg = tiny_model_config(tokenizer_dir)
+    cfg.dtype = "bfloat16"
+    sdpa_model, tokenizer = build_model(cfg, device="cuda")
+    cfg.attn_implementation = "varlen"
+    varlen_model, _ = build_model(cfg, device="cuda")
+    varlen_model.audio_encoder.encoder.config._attn_implementation = NAME
+    sdpa_model, varlen_model = (m.to("cuda", torch.bfloat16).eval() for m in (sdpa_model, varlen_model))
+    examples = _examples(sdpa_model)
+    on_cpu = ("audio_lengths", "audio_owner", "image_owner")
+    on_cuda = lambda b: {k: v.cuda() if torch.is_tensor(v) and k not in on_cpu else v for k, v in b.items()}
+    with torch.no_grad():
+        ref = sdpa_model(**on_cuda(collate_padded(examples, tokenizer.pad_token_id)))
+        packed = on_cuda(collate_packed(examples))
+        out = varlen_model(**packed)
+    bounds = packed["cu_seqlens"].tolist()
+    got = torch.cat([out.logits[0, bounds[b] : bounds[b + 1]] for b in range(len(examples))]).float()
+    want = torch.cat([ref.logits[b, : len(e)] for b, e in enumerate(examples)]).float()
+    assert float((got - want).norm() / want.norm()) < 1e-2

@@ -1,0 +1,98 @@
+"""Shared benchmark helpers: one timing loop, the device's peak FLOP/s, and JSON output.
+
+    seconds, out = timed(lambda: model(x), "cuda")          # one call, the device synchronized
+    seconds, out = best_time(lambda: model(x), repeats=3, device="cpu")
+    times = best_times({"padded": f, "varlen": g}, repeats=3, device="cpu")  # f, g in turn
+    write_json(result, "bench.json")
+"""
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+# dense bf16 tensor-core peak of each card, FLOP/s; the first name contained in the device name wins
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM (HBM3)
+    ("H200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("A10G", 70e12),
+)
+
+
+def synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device) -> tuple[float, object]:
+    """Wall time (s) of one call of `fn`, with the device's queued work finished before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def best_time(fn, repeats: int, device, warmup: int = 1) -> tuple[float, object]:
+    """Best wall time (s) of `repeats` calls after `warmup` untimed ones, and the last result."""
+    return best_times({"fn": fn}, repeats, device, warmup)["fn"]
+
+
+def best_times(fns: dict, repeats: int, device, warmup: int = 1) -> dict:
+    """{name: (best wall time in s, last result)}: the functions run in turn, `repeats` rounds after
+    `warmup` untimed ones, so a busy spell of the machine slows all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    best = {name: (float("inf"), None) for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            seconds, result = timed(fn, device)
+            best[name] = (min(best[name][0], seconds), result)
+    return best
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with `n` CPU threads (None: leave as is). One thread keeps timings steady on a
+    machine that other jobs keep busy (OpenMP threads that wait on each other there lose whole slices)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def machine() -> dict:
+    """What the figures were measured on: CPU threads in use and the load average (other jobs)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average_1min": load,
+            "torch": torch.__version__}
+
+
+def peak_flops(device, peak_tflops: float | None = None) -> float | None:
+    """Peak dense bf16 FLOP/s of the card: `peak_tflops` if given, else from the table, else None."""
+    if peak_tflops is not None:
+        return float(peak_tflops) * 1e12
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
+
+
+def write_json(result: dict, path: str | Path | None) -> str:
+    """The result as indented JSON text, also written to `path` when given."""
+    text = json.dumps(result, indent=2)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
+    return text
