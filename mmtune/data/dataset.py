@@ -77,6 +77,7 @@ class SampleEncoder:
         self.train = train
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
+        self.speed: float | None = None  # a fixed speed factor (set while caching speed variants)
         self.placeholder_ids = {tokenizer.convert_tokens_to_ids(t): m for m, t in PLACEHOLDERS.items()}
         self.truncated: set[str] = set()  # sources of samples cut to max_length in text (truncation: text)
 
@@ -134,7 +135,9 @@ class SampleEncoder:
             raise DataError("", "the sample has audio but the model has no audio tower: add model.audio")
         wave = load_audio(path, SAMPLE_RATE)
         aug = self.data.augment
-        if self.train and aug.speed:
+        if self.speed is not None:
+            wave = speed_perturb(wave, self.speed)
+        elif self.train and aug.speed:
             wave = speed_perturb(wave, float(self.rng.choice(aug.speed)))
         if self.train and aug.noise_snr_db is not None:
             wave = add_noise(wave, aug.noise_snr_db, self.rng)
@@ -192,8 +195,24 @@ class MultimodalDataset(Dataset):
         if not self.examples:
             raise DataError(desc, f"no usable sample ({len(self.skipped)} skipped); run `mmtune data check`")
         augment = encoder.data.augment
-        self.redraw = encoder.train and bool(augment.speed or augment.noise_snr_db is not None)  # waveform level
+        # speed perturbation without noise: each factor's features are computed once, then drawn per access
+        self.variants = self._speed_variants(augment.speed, progress) if encoder.train and augment.speed and \
+            augment.noise_snr_db is None else {}
+        self.redraw = encoder.train and augment.noise_snr_db is not None  # waveform noise: re-encode per access
         self.masking = encoder.train and augment.spec_augment
+
+    def _speed_variants(self, factors: list, progress: bool) -> dict[float, list[Example]]:
+        variants = {}
+        with one_thread():
+            for factor in sorted({float(f) for f in factors}):
+                if factor == 1.0:
+                    variants[factor] = self.examples
+                    continue
+                self.encoder.speed = factor
+                variants[factor] = [self.encoder(s) for s in tqdm(self.samples, desc=f"speed {factor}",
+                                                                    disable=not progress, unit="row", leave=False)]
+        self.encoder.speed = None
+        return variants
 
     @classmethod
     def from_manifest(cls, path: str, tokenizer, spec: MediaSpec, data: DataConfig, train: bool = False,
@@ -206,11 +225,20 @@ class MultimodalDataset(Dataset):
         return len(self.examples)
 
     def __getitem__(self, i: int) -> Example:
-        example = self.encoder(self.samples[i]) if self.redraw else self.examples[i]
+        if self.redraw:
+            example = self.encoder(self.samples[i])
+        elif self.variants:
+            factors = sorted(self.variants)
+            example = self.variants[factors[int(self.encoder.rng.integers(len(factors)))]][i]
+        else:
+            example = self.examples[i]
         return self.encoder.mask(example) if self.masking else example
 
     @property
     def lengths(self) -> list[int]:
+        """Tokens per example (the longest speed variant, so token budgets hold for every draw)."""
+        if self.variants:
+            return [max(len(v[i]) for v in self.variants.values()) for i in range(len(self.examples))]
         return [len(e) for e in self.examples]
 
     def stats(self) -> dict:

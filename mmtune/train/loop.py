@@ -31,7 +31,7 @@ from mmtune.model.plan import describe_parameters
 from mmtune.train.optim import build_optimizer, build_scheduler
 from mmtune.train.state import load_training_state, training_files
 from mmtune.train.stream import BatchStream
-from mmtune.train.tracker import Tracker, format_progress, plot_curves, write_eval_json, write_report
+from mmtune.train.tracker import Tracker, format_progress, write_eval_json, write_report
 
 log = logging.getLogger("mmtune")
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -49,6 +49,8 @@ def train(cfg: Config) -> dict:
     out = Path(cfg.train.output_dir)
     resume_dir = find_resume(out, cfg.train.resume)
     set_seed(cfg.train.seed)
+    if cfg.train.cpu_threads and accelerator.device.type == "cpu":
+        torch.set_num_threads(cfg.train.cpu_threads)
     model, tokenizer = build_model(cfg.model, device=str(accelerator.device))
     if cfg.train.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -82,10 +84,18 @@ class _Run:
         self.optimizer, self.scheduler, self.stream = optimizer, scheduler, stream
         self.train_set, self.eval_set, self.collate, self.out = train_set, eval_set, collate, out
         self.last_checkpoint: Path | None = None
+        self.records: list[dict] | None = None  # per-sample predictions of the latest evaluation
 
     def loop(self, start_step: int) -> dict:
+        tracker = Tracker(self.out, resume_step=start_step) if self.acc.is_main_process else None
+        try:
+            return self._steps(start_step, tracker)
+        finally:
+            if tracker:
+                tracker.close()  # flushes TensorBoard even when the run stops on an error
+
+    def _steps(self, start_step: int, tracker) -> dict:
         cfg, acc = self.cfg.train, self.acc
-        tracker = Tracker(self.out, resume_step=start_step) if acc.is_main_process else None
         bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", unit="step", disable=not acc.is_main_process)
         log.info("%s", describe_parameters(acc.unwrap_model(self.model)))
         started, tokens_seen = time.perf_counter(), 0
@@ -175,15 +185,12 @@ class _Run:
             final = self.out / "final"
             save_checkpoint(self.acc.unwrap_model(self.model), self.tokenizer, self.cfg.model, final, data=self.cfg.data)
             metrics = self.evaluate(self.cfg.train.max_steps, tracker)
-            if getattr(self, "records", None) is not None:
+            if self.records is not None:
                 write_predictions(self.records, self.out / "predictions.jsonl")
             write_eval_json(self.out, metrics)
-            history = tracker.history()
-            plot_curves(history, self.out / "curves.png")
             extra = {"train_data": self.train_set.stats(), **timing,
                      "eval_data": self.eval_set.stats() if self.eval_set else None}
-            write_report(self.out, to_dict(self.cfg), metrics, history, extra)
-            tracker.close()
+            write_report(self.out, to_dict(self.cfg), metrics, tracker.history(), extra)  # draws curves.png
             log.info("final checkpoint: %s; metrics: %s", final, metrics)
         self.acc.wait_for_everyone()
         return metrics
@@ -209,8 +216,8 @@ def _report_data(train_set: MultimodalDataset, eval_set: MultimodalDataset | Non
         if ds is None:
             continue
         s = ds.stats()
-        log.info("%s data: %d rows, %d skipped, supervised token fraction %.3f", name, s["rows"], s["skipped"],
-                 s["supervised_fraction"])
+        log.info("%s data: %d rows, %d skipped, %d cut to data.max_length, supervised token fraction %.3f", name,
+                 s["rows"], s["skipped"], s.get("truncated", 0), s["supervised_fraction"])
         for err in ds.skipped[:20]:
             log.warning("skipped %s", err)
 

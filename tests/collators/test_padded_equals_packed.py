@@ -63,10 +63,12 @@ def test_padded_and_packed_give_the_same_loss(examples, tokenizer_dir, llm, attn
     calls = []
     segmentwise = varlen._segmentwise_sdpa
     monkeypatch.setattr(varlen, "_segmentwise_sdpa", lambda q, *a: calls.append(q.shape[0]) or segmentwise(q, *a))
+    total = sum(len(e) for e in examples)  # tokens of the packed LLM row
     with torch.no_grad():
         ref = model(**padded)
-        assert calls == []  # the padded batch never goes through cu_seqlens
+        assert total not in calls  # the padded batch never goes through the LLM's cu_seqlens path
         out = model(**packed)
+    llm_calls = [n for n in calls if n == total]  # (the audio encoder packs its clips with varlen too)
 
     assert out.num_tokens == ref.num_tokens == sum(e.num_supervised for e in examples)
     assert abs(out.loss.item() - ref.loss.item()) <= 1e-5
@@ -78,19 +80,21 @@ def test_padded_and_packed_give_the_same_loss(examples, tokenizer_dir, llm, attn
                                    atol=1e-5, rtol=1e-5)
     if attn == "varlen":
         assert model.attn_kwargs_for_packing
-        assert len(calls) == len(model.llm.model.layers)  # every LLM layer took the cu_seqlens path
-        assert set(calls) == {sum(len(e) for e in examples)}
+        assert len(llm_calls) == len(model.llm.model.layers)  # every LLM layer took the cu_seqlens path
     else:
         assert calls == [] and not model.attn_kwargs_for_packing
 
 
 def test_the_comparison_would_see_samples_attending_to_each_other(examples, tokenizer_dir):
     """Control: the same packed row with positions that do not restart is one long causal sequence
-    (SDPA then has no block mask), and its loss is far off the padded one: the 1e-5 check has teeth."""
+    (SDPA then has no block mask), and its logits are far off the padded ones: the 1e-5 check has teeth."""
     model, tokenizer = build(tokenizer_dir, "llama", "sdpa")
     packed = collate_packed(examples)
     packed["position_ids"] = torch.arange(packed["input_ids"].shape[1])[None]
     with torch.no_grad():
         ref = model(**collate_padded(examples, tokenizer.pad_token_id))
         leaky = model(**packed)
-    assert abs(leaky.loss.item() - ref.loss.item()) > 1e-4
+    bounds = packed["cu_seqlens"].tolist()
+    worst = max((leaky.logits[0, bounds[b]: bounds[b + 1]] - ref.logits[b, : len(e)]).abs().max().item()
+                for b, e in enumerate(examples))
+    assert worst > 1e-3
