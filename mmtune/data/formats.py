@@ -19,7 +19,6 @@ when media is loaded, not here. Each bad row is a `DataError` whose source is "f
 
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 

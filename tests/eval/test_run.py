@@ -17,14 +17,6 @@ from mmtune.model.build import build_model
 from mmtune.model.checkpoint import load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_manifest(folder, rows):
     path = folder / "eval.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from PIL import Image
 
 from tests.tiny import tiny_model_config
@@ -11,14 +10,6 @@ from mmtune.infer.generate import Predictor, assistant_message, user_message
 from mmtune.model.build import build_model
 from mmtune.model.checkpoint import save_checkpoint
 from mmtune.vision.io import load_image
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -18,15 +18,6 @@ from mmtune.model.checkpoint import save_checkpoint
 from mmtune.model.placeholders import num_audio_tokens
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_wav(path, seconds=0.5, hz=440.0):
     t = np.arange(int(16000 * seconds)) / 16000
     sf.write(str(path), 0.5 * np.sin(2 * np.pi * hz * t).astype(np.float32), 16000)

@@ -4,7 +4,6 @@ import torch
 from tests.tiny import TINY_SIGLIP, make_batch, tiny_model_config
 from mmtune.errors import DataError
 from mmtune.model.build import UnknownModelError, build_model
-from mmtune.model.placeholders import num_audio_tokens, num_image_tokens
 
 
 @pytest.mark.parametrize("llm", ["llama", "qwen2"])
