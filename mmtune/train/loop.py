@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mmtune.collators import collate_packed, collate_padded
-from mmtune.config import Config, to_dict
+from mmtune.config import Config, ConfigError, to_dict
 from mmtune.data.dataset import MediaSpec, MultimodalDataset
 from mmtune.data.example import IGNORE_INDEX
 from mmtune.errors import MmtuneError
@@ -43,7 +43,9 @@ class TrainingError(MmtuneError):
 
 def train(cfg: Config) -> dict:
     """Run the configured training; returns the final eval metrics (also in OUTPUT_DIR/eval.json)."""
-    # cpu=True without CUDA lets `accelerate launch --num_processes N` run DDP over gloo on the CPU
+    if cfg.data.train is None:
+        raise ConfigError("data.train: give the training manifest (JSONL or LLaVA .json), e.g. data.train=train.jsonl")
+    # cpu=True without CUDA: `accelerate launch --multi_gpu --num_processes N` then joins N CPU processes over gloo
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision),
                               cpu=not torch.cuda.is_available())
     out = Path(cfg.train.output_dir)
