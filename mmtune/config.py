@@ -164,6 +164,7 @@ class TrainConfig:
     keep_last: int = 2
     seed: int = 0
     resume: str | None = None  # auto | PATH
+    cpu_threads: int | None = None  # torch intra-op threads on the CPU; None: torch's default (all cores)
 
     def __post_init__(self):
         _check_choice("schedule", self.schedule, ("cosine", "linear", "constant"))
