@@ -177,8 +177,12 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
+NOT_PLOTTED = ("eval_num_samples",)  # counts, not metrics: on the loss axis they would flatten it
+
+
 def _eval_keys(records: list[dict]) -> list[str]:
-    keys = {k for r in records for k, v in r.items() if k.startswith(EVAL_PREFIX) and _is_number(v)}
+    keys = {k for r in records for k, v in r.items()
+            if k.startswith(EVAL_PREFIX) and _is_number(v) and k not in NOT_PLOTTED}
     known = [EVAL_PREFIX + m for m in ("loss", *RATE_METRICS)]
     return [k for k in known if k in keys] + sorted(keys - set(known))
 
