@@ -4,9 +4,10 @@ Run from the repository root:
 
     python examples/vision_digits/make_data.py
 
-Writes `data/images/*.png`, `data/train.jsonl` and `data/eval.jsonl` beside this file
-(chat-form manifests, paths relative to `data/`); DATA.md says what is in them. Needs
-scikit-learn (`pip install -e .[examples]`). The same seed gives the same bytes.
+Writes `data/images/*.png`, `data/train.jsonl`, `data/eval.jsonl` and `data/eval_digit.jsonl`
+(the eval rows of task "digit") beside this file (chat-form manifests, paths relative to
+`data/`); DATA.md says what is in them. Needs scikit-learn (`pip install -e .[examples]`).
+The same seed gives the same bytes.
 
 `examples/omni_digits/make_data.py` imports the digit functions of this file.
 """
@@ -279,6 +280,7 @@ def main() -> None:
 
     write_jsonl(args.out / "train.jsonl", train)
     write_jsonl(args.out / "eval.jsonl", evaluation)
+    write_jsonl(args.out / "eval_digit.jsonl", [r for r in evaluation if r["task"] == "digit"])
     print_counts({"train": train, "eval": evaluation})
 
 
