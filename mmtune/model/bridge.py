@@ -42,6 +42,7 @@ class MultimodalLM(nn.Module):
         self.audio_stack = audio_stack
         self.token_ids = dict(token_ids)  # {"audio": id, "image": id}
         self.attn_kwargs_for_packing = False  # set by build: hand cu_seqlens to varlen kernels
+        self.whole_parts = {"audio_projector", "vision_projector"}  # saved whole in checkpoints (set by build)
 
     # ---- media -> embeddings -------------------------------------------------------------------
 

@@ -68,7 +68,6 @@ def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str
         model.whole_parts |= load_previous_stage(model, init_from)
     apply_plans(model, cfg)
     model.attn_kwargs_for_packing = uses_packing_kwargs(backend)
-    model.backend = backend
     log.info("attention backend: %s; %s", backend, describe_parameters(model))
     return model, tokenizer
 

@@ -26,7 +26,7 @@ TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
 
 
-def saved_keys(model, cfg: ModelConfig) -> list[str]:
+def saved_keys(model) -> list[str]:
     """State-dict keys a checkpoint holds: trained parameters, and the whole of every part with no base
     weights elsewhere (built from a config, or loaded from a previous stage: `model.whole_parts`)."""
     prefixes = tuple(f"{part}." for part in model.whole_parts)
@@ -43,7 +43,7 @@ def save_checkpoint(model, tokenizer, cfg: ModelConfig, folder: str | Path, extr
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = model.state_dict()
-    tensors = {k: state[k].detach().to("cpu").contiguous().clone() for k in saved_keys(model, cfg)}
+    tensors = {k: state[k].detach().to("cpu").contiguous().clone() for k in saved_keys(model)}
     save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
     config = {"format": "mmtune", "version": FORMAT_VERSION, "model": to_dict(cfg),
               "whole_parts": sorted(model.whole_parts)}
@@ -110,17 +110,17 @@ def load_checkpoint(folder: str | Path, device: str | None = None):
     except UnknownModelError as e:  # the bad model type is in this folder's config file: name it
         raise UnknownModelError(f"{folder / CONFIG_FILE}: {e}") from None
     model.whole_parts |= set(_read_config(folder).get("whole_parts", []))
-    load_weights(model, cfg, folder / WEIGHTS_FILE)
+    load_weights(model, folder / WEIGHTS_FILE)
     if device is not None:
         model.to(device)
     model.eval()
     return model, tokenizer, cfg
 
 
-def load_weights(model, cfg: ModelConfig, path: Path) -> None:
+def load_weights(model, path: Path) -> None:
     """Load the safetensors file into the rebuilt model, checking names and shapes first."""
     state = model.state_dict()
-    expected = set(saved_keys(model, cfg))
+    expected = set(saved_keys(model))
     tensors = read_weights(path)
     unknown = sorted(set(tensors) - set(state))
     if unknown:

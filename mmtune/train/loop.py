@@ -69,7 +69,7 @@ def train(cfg: Config) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     step = 0
     if resume_dir is not None:
-        load_weights(accelerator.unwrap_model(model), cfg.model, resume_dir / WEIGHTS_FILE)
+        load_weights(accelerator.unwrap_model(model), resume_dir / WEIGHTS_FILE)
         step = load_training_state(resume_dir, optimizer, scheduler, stream, train_set.encoder)["step"]
         log.info("resumed from %s at step %d", resume_dir, step)
     collate = collate_packed if cfg.data.batching == "packed" else collate_padded
