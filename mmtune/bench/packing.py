@@ -9,7 +9,7 @@ Three fresh copies of one randomly initialized model (same seed) train on them, 
 in turn, so the machine's state affects all alike:
     padded   `batch_size` samples per row-padded batch in shuffled order (a stock padded run), SDPA
     grouped  the same batches sizes, length-grouped by `mmtune.data.sampler` (the mmtune default), SDPA
-    packed   best-fit packed rows of `max_tokens` (about batch_size x the mean sample length, so
+    packed   rows of `max_tokens` best-fit packed in shuffled order, as training packs (about batch_size x the mean sample length, so
              a step holds as many samples on average), varlen attention with cu_seqlens
 Tokens/s counts real (non-pad) tokens. `loss_abs_diff` compares the mean token loss of the
 same samples at the initial weights (eval mode), padded against packed: per-token sums, so
@@ -19,7 +19,6 @@ error of the packed logits are added.
 
 import copy
 import math
-import random
 import tempfile
 
 import numpy as np
@@ -29,7 +28,7 @@ from mmtune.bench.report import machine, peak_flops, timed, torch_threads
 from mmtune.collators import collate_packed, collate_padded
 from mmtune.config import LLMConfig, LoraConfig, ModelConfig, ProjectorConfig, TowerConfig
 from mmtune.data.example import IGNORE_INDEX, Example
-from mmtune.data.sampler import best_fit_pack, length_grouped_batches, padding_stats
+from mmtune.data.sampler import length_grouped_batches, padding_stats, shuffled_batches, token_budget_batches
 from mmtune.model.build import build_model
 from mmtune.model.placeholders import num_audio_tokens, num_image_tokens
 from mmtune.model.tokenizer import save_tokenizer, train_tokenizer
@@ -83,7 +82,7 @@ def _run(steps, num_samples, device, preset, seed, batch_size, max_tokens, eval_
     batches = {
         "padded": shuffled_batches(len(examples), batch_size, seed),
         "grouped": length_grouped_batches(lengths, batch_size, seed),
-        "packed": _shuffled(best_fit_pack(lengths, max_tokens), seed),
+        "packed": token_budget_batches(lengths, max_tokens, padded=False, shuffle=True, seed=seed),  # as training
     }
     check = compare_eval(models["padded"], models["packed"], examples[:eval_samples], batch_size,
                          tokenizer.pad_token_id, device)
@@ -171,18 +170,6 @@ def make_examples(n: int, model, p: dict, seed: int) -> list[Example]:
         labels = [IGNORE_INDEX] * (len(ids) - len(answer)) + answer
         out.append(Example(torch.tensor(ids), torch.tensor(labels), audio, images, f"bench:{i}:{kind}"))
     return out
-
-
-def shuffled_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
-    """Fixed-size batches of a shuffled order, as a stock padded data loader makes them."""
-    order = _shuffled(list(range(n)), seed)
-    return [order[k : k + batch_size] for k in range(0, n, batch_size)]
-
-
-def _shuffled(items: list, seed: int) -> list:
-    items = list(items)
-    random.Random(seed).shuffle(items)
-    return items
 
 
 def _mix_counts(examples: list[Example]) -> dict:

@@ -3,25 +3,41 @@
 All functions are pure and deterministic given `seed`; every index appears exactly once.
 
     best_fit_pack([5, 3, 4, 2], max_tokens=7)           # [[0, 3], [2, 1]]
+    best_fit_pack([5, 3, 4, 2], max_tokens=7, seed=0)   # shuffled order: mixed lengths in a group
     token_budget_batches([5, 3, 4, 2], 8, padded=True, shuffle=False, seed=0)
     # [[3, 1], [2], [0]]: ascending lengths, (max length x batch size) <= 8
     length_grouped_batches([5, 3, 4, 2], batch_size=2, seed=0)  # longest batch first
+
+Training draws mixed batches on purpose. When length tells the task (a spoken question is
+longer than a typed one), batches of similar lengths are batches of one task, and a run that
+steps through them in length order learns one task at a time and stalls (measured on the vision
+example: 0.09 against 0.83 accuracy after 600 steps). So packing takes examples in shuffled
+order, and length-grouped batches are shuffled after the first.
 """
 
 import bisect
 import random
 
 
-def best_fit_pack(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Best-fit decreasing: longest first, each into the fullest group it still fits.
+def best_fit_pack(lengths: list[int], max_tokens: int, seed: int | None = None) -> list[list[int]]:
+    """Each example into the fullest group it still fits; each group's total <= max_tokens.
 
-    Groups are in order of creation (the first holds the longest example); each total <= max_tokens.
+    seed None: best-fit decreasing (longest first), the tightest packing, but a group then holds
+    examples of similar lengths. With a seed: examples in a shuffled order, so a group holds a
+    random mix; on the bench mix and the omni example this fills rows within 1% of decreasing
+    order (0.981 vs 0.981, 0.970 vs 0.981) while the share of a row's most common task drops
+    from 0.74 to 0.40 (omni; 0.23 is the data's own).
+    Groups are in order of creation.
         best_fit_pack([5, 3, 4, 2], 7)  # [[0, 3], [2, 1]]
     """
     check_lengths(lengths, max_tokens)
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    if seed is not None:
+        order = list(range(len(lengths)))
+        random.Random(seed).shuffle(order)
     groups: list[list[int]] = []
     free: list[tuple[int, int]] = []  # (free tokens, group index), sorted
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+    for i in order:
         k = bisect.bisect_left(free, (lengths[i], -1))  # the smallest free room that fits
         if k == len(free):
             groups.append([])
@@ -38,13 +54,17 @@ def token_budget_batches(
 ) -> list[list[int]]:
     """Batches that fit a token budget.
 
-    packed (padded=False): best-fit groups, each total <= max_tokens.
+    packed (padded=False): best-fit groups, each total <= max_tokens; with shuffle, the examples
+    are packed in a shuffled order (mixed groups, different ones for each seed).
     padded: similar lengths together, (longest in batch x batch size) <= max_tokens; with
     shuffle, equal lengths are ordered by the seed.
     shuffle then shuffles the order of the batches with `seed`.
         token_budget_batches([5, 3, 4, 2], 8, padded=True, shuffle=False, seed=0)  # [[3, 1], [2], [0]]
     """
-    batches = _padded_batches(lengths, max_tokens, shuffle, seed) if padded else best_fit_pack(lengths, max_tokens)
+    if padded:
+        batches = _padded_batches(lengths, max_tokens, shuffle, seed)
+    else:
+        batches = best_fit_pack(lengths, max_tokens, seed + 1 if shuffle else None)
     if shuffle:
         random.Random(seed).shuffle(batches)
     return batches
@@ -64,12 +84,24 @@ def _padded_batches(lengths: list[int], max_tokens: int, shuffle: bool, seed: in
     return batches
 
 
+def shuffled_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Fixed-size batches of a shuffled order, as a stock data loader makes them.
+        shuffled_batches(5, 2, seed=0)  # [[2, 1], [0, 4], [3]]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[k : k + batch_size] for k in range(0, n, batch_size)]
+
+
 def length_grouped_batches(
     lengths: list[int], batch_size: int, seed: int, mega_batch_mult: int = 50
 ) -> list[list[int]]:
     """As HF's LengthGroupedSampler: shuffle, sort by length (longest first) inside mega-batches of
     mega_batch_mult x batch_size, cut into batches; the batch with the longest example goes first
-    (an out-of-memory shows at step one).
+    (an out-of-memory shows at step one), the others follow in a shuffled order (HF keeps them
+    sorted, so consecutive steps see similar lengths: often one task).
         length_grouped_batches([5, 3, 4, 2], 2, seed=0)  # e.g. [[0, 2], [1, 3]]
     """
     if batch_size < 1 or mega_batch_mult < 1:
@@ -81,10 +113,12 @@ def length_grouped_batches(
     for start in range(0, len(order), mega):
         block = sorted(order[start : start + mega], key=lambda i: -lengths[i])
         batches += [block[k : k + batch_size] for k in range(0, len(block), batch_size)]
-    if batches:
-        longest = max(range(len(batches)), key=lambda b: lengths[batches[b][0]])
-        batches[0], batches[longest] = batches[longest], batches[0]
-    return batches
+    if not batches:
+        return batches
+    longest = max(range(len(batches)), key=lambda b: lengths[batches[b][0]])
+    first = batches.pop(longest)
+    random.Random(seed + 1).shuffle(batches)
+    return [first] + batches
 
 
 def padding_stats(batches: list[list[int]], lengths: list[int], max_tokens: int | None = None) -> dict:

@@ -5,11 +5,10 @@
     state = stream.state_dict()      # {"epoch": e, "index": i}; load_state_dict continues exactly there
 """
 
-import random
 import statistics
 
 from mmtune.config import DataConfig
-from mmtune.data.sampler import length_grouped_batches, token_budget_batches
+from mmtune.data.sampler import length_grouped_batches, shuffled_batches, token_budget_batches
 
 
 def token_budget(lengths: list[int], data: DataConfig) -> int:
@@ -27,9 +26,7 @@ def plan_epoch(lengths: list[int], data: DataConfig, seed: int) -> list[list[int
         return token_budget_batches(lengths, data.max_tokens_per_batch, padded=True, shuffle=True, seed=seed)
     if data.group_by_length:
         return length_grouped_batches(lengths, data.batch_size, seed)
-    order = list(range(len(lengths)))
-    random.Random(seed).shuffle(order)
-    return [order[i: i + data.batch_size] for i in range(0, len(order), data.batch_size)]
+    return shuffled_batches(len(lengths), data.batch_size, seed)
 
 
 class BatchStream:

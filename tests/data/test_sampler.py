@@ -1,4 +1,5 @@
 import random
+from collections import Counter
 
 import pytest
 
@@ -7,6 +8,7 @@ from mmtune.data.sampler import (
     check_lengths,
     length_grouped_batches,
     padding_stats,
+    shuffled_batches,
     token_budget_batches,
 )
 
@@ -89,3 +91,51 @@ def test_padding_stats_values():
     assert stats == {"num_batches": 2, "num_examples": 3, "real_tokens": 8, "slot_tokens": 10, "real_token_fraction": 0.8}
     assert padding_stats([[0, 1], [2]], [3, 1, 4], max_tokens=5)["real_token_fraction"] == 0.8
     assert padding_stats([], [])["real_token_fraction"] == 1.0
+
+
+def two_task_lengths(n=800, seed=0):
+    """Half 'short-task' examples (40-60 tokens), half 'long-task' ones (90-110): length tells the task."""
+    rng = random.Random(seed)
+    tasks = [rng.choice("SL") for _ in range(n)]
+    return [rng.randint(40, 60) if t == "S" else rng.randint(90, 110) for t in tasks], tasks
+
+
+def test_shuffled_best_fit_mixes_tasks_and_still_fills_rows():
+    lengths, tasks = two_task_lengths()
+    max_tokens = 640
+    mixed = best_fit_pack(lengths, max_tokens, seed=0)
+    assert_each_index_once(mixed, len(lengths))
+    assert all(sum(lengths[i] for i in g) <= max_tokens for g in mixed)
+    fill = lambda groups: padding_stats(groups, lengths, max_tokens)["real_token_fraction"]
+    assert fill(mixed) >= fill(best_fit_pack(lengths, max_tokens)) - 0.02
+    def dominant(groups):  # mean share of a row's most common task; 0.5 for a perfect mix
+        return sum(max(Counter(tasks[i] for i in g).values()) / len(g) for g in groups) / len(groups)
+    assert dominant(best_fit_pack(lengths, max_tokens)) >= 0.9  # decreasing order: rows of one task
+    assert dominant(mixed) <= 0.7
+    assert mixed == best_fit_pack(lengths, max_tokens, seed=0)
+    assert mixed != best_fit_pack(lengths, max_tokens, seed=1)
+
+
+def test_packed_token_budget_batches_differ_per_epoch_seed():
+    lengths, _ = two_task_lengths()
+    a = token_budget_batches(lengths, 640, padded=False, shuffle=True, seed=0)
+    b = token_budget_batches(lengths, 640, padded=False, shuffle=True, seed=1)
+    assert {frozenset(g) for g in a} != {frozenset(g) for g in b}  # new groups, not only a new order
+
+
+def test_length_grouped_batches_come_in_shuffled_order():
+    """Sorted batch order would step through all long-task batches, then all short-task ones."""
+    lengths, tasks = two_task_lengths()
+    batches = length_grouped_batches(lengths, batch_size=8, seed=0, mega_batch_mult=100)  # one mega-batch
+    assert_each_index_once(batches, len(lengths))
+    kind = [tasks[b[0]] for b in batches]
+    switches = sum(a != b for a, b in zip(kind, kind[1:]))
+    assert switches >= len(batches) // 4  # a random order switches about half the time; sorted once
+    assert sum(len({tasks[i] for i in b}) > 1 for b in batches) <= 1  # batches still of similar lengths
+
+
+def test_shuffled_batches():
+    assert shuffled_batches(5, 2, seed=0) == [[2, 1], [0, 4], [3]]
+    assert_each_index_once(shuffled_batches(101, 8, seed=3), 101)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        shuffled_batches(5, 0, seed=0)
