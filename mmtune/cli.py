@@ -130,8 +130,12 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="answer one prompt, with optional audio/image inputs")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--audio", action="append", default=[], help="audio file (repeatable)")
-    p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    # one list for both, in command-line order: the model sees the files in the order given
+    p.add_argument("--image", dest="media", action="append", default=[], type=lambda path: ("image", path),
+                   metavar="PATH", help="image file (repeatable; files go in in the order given)")
+    p.add_argument("--audio", dest="media", action="append", default=[], type=lambda path: ("audio", path),
+                   metavar="PATH", help="audio file (repeatable; give them in the order the model was trained "
+                                        "with, e.g. --image q.png --audio q.wav for image-first rows)")
     _add_sampling(p)
     p.set_defaults(run=_run_generate)
 
@@ -157,7 +161,7 @@ def _predictor(checkpoint: str, instruction: str | None = None):
 
 def _run_generate(args) -> int:
     predictor = _predictor(args.checkpoint)
-    print(predictor.answer(args.prompt, audio=args.audio, images=args.image, **_gen_kwargs(args)))
+    print(predictor.answer(args.prompt, media=args.media, **_gen_kwargs(args)))
     return 0
 
 

@@ -2,7 +2,7 @@
 
     run_chat(Predictor.from_checkpoint("runs/vqa/final"))
 
-    > /image cat.png              attaches cat.png to the next message
+    > /image cat.png              attaches cat.png to the next message (files go in in the order attached)
     > What is in the image?       a user turn (with the attached image) -> the model's answer
     > /reset                      forgets the conversation
     > /quit                       ends (so does EOF, Ctrl-D)
@@ -25,11 +25,11 @@ class ChatState:
 
     def __init__(self):
         self.history: list[dict] = []  # chat messages: user turns with their media, assistant answers
-        self.pending: dict[str, list[str]] = {"audio": [], "image": []}
+        self.pending: list[tuple[str, str]] = []  # (kind, absolute path) in the order attached
 
     def reset(self) -> None:
         self.history = []
-        self.pending = {"audio": [], "image": []}
+        self.pending = []
 
 
 def run_chat(predictor, input_fn=input, output_fn=print, prompt: str = "> ", **gen) -> list[dict]:
@@ -75,18 +75,18 @@ def attach(predictor, state: ChatState, kind: str, argument: str, output_fn) -> 
     except MmtuneError as e:
         output_fn(f"not attached: {e}")
         return
-    state.pending[kind].append(os.path.abspath(path))
+    state.pending.append((kind, os.path.abspath(path)))
     output_fn(f"attached {kind} {path} to the next message")
 
 
 def turn(predictor, state: ChatState, text: str, output_fn, gen: dict) -> None:
-    """Ask with the history and the pending media; on success both turns join the history."""
-    audio, images = state.pending["audio"], state.pending["image"]
+    """Ask with the history and the pending media (in the order attached); on success both turns
+    join the history."""
     try:
-        answer = predictor.answer(text, audio=list(audio), images=list(images), history=list(state.history), **gen)
+        answer = predictor.answer(text, media=list(state.pending), history=list(state.history), **gen)
     except MmtuneError as e:
         output_fn(f"error: {e}")
         return
-    state.history += [user_message(text, audio, images), assistant_message(answer)]
-    state.pending = {"audio": [], "image": []}
+    state.history += [user_message(text, state.pending), assistant_message(answer)]
+    state.pending = []
     output_fn(answer)

@@ -5,7 +5,11 @@
 
     predictor = Predictor.from_checkpoint("runs/digits/final")
     predictor.transcribe(["a.flac", "b.flac"])               # ["three one four", "zero seven"]
-    predictor.answer("What is in the image?", images=["cat.png"])
+    predictor.answer("What is in the image?", media=[("image", "cat.png")])
+    predictor.answer("Answer the spoken question.", media=[("image", "7.png"), ("audio", "q.wav")])
+
+Media go into a user turn in the order given: a model trained on image-then-audio rows is asked
+image-then-audio (the other order cost the omni example 0.89 -> 0.57 accuracy on spoken questions).
 
 Prompts are left-padded so every row ends where generation starts; samples are batched by
 length (less padding) and the answers come back in input order. Generation stops at the
@@ -116,10 +120,21 @@ def _seeded(seed: int, device: torch.device):
         yield
 
 
-def user_message(prompt: str, audio=(), images=()) -> dict:
-    """One user turn: the clips, then the images, then the text (the order ASR rows are trained in)."""
-    content = [{"type": "audio", "path": os.path.abspath(p)} for p in audio]
-    content += [{"type": "image", "path": os.path.abspath(p)} for p in images]
+MEDIA_KINDS = ("audio", "image")
+
+
+def user_message(prompt: str, media=()) -> dict:
+    """One user turn: the media in the order given, then the text (as ASR and VQA rows are written).
+
+        user_message("Which digit?", [("image", "7.png"), ("audio", "q.wav")])
+        # {"role": "user", "content": [{"type": "image", "path": "/abs/7.png"}, {"type": "audio", ...},
+        #                              {"type": "text", "text": "Which digit?"}]}
+    """
+    content = []
+    for kind, path in media:
+        if kind not in MEDIA_KINDS:
+            raise ValueError(f"media kind must be one of {MEDIA_KINDS}, got {kind!r} for {path}")
+        content.append({"type": kind, "path": os.path.abspath(path)})
     content += [{"type": "text", "text": prompt}] if prompt else []
     return {"role": "user", "content": content}
 
@@ -148,32 +163,33 @@ class Predictor:
         model, tokenizer, model_cfg = load_checkpoint(folder, device=device)
         return cls(model, tokenizer, model_cfg, data)
 
-    def sample(self, prompt: str, audio=(), images=(), history: list[dict] | None = None,
-               source: str = "chat") -> Sample:
-        """The conversation so far (history: chat messages) plus a new user turn, as a Sample."""
+    def sample(self, prompt: str, media=(), history: list[dict] | None = None, source: str = "chat") -> Sample:
+        """The conversation so far (history: chat messages) plus a new user turn with `media`
+        ((kind, path) pairs, in order), as a Sample."""
         system = [{"role": "system", "content": [{"type": "text", "text": self.data.system}]}]
         messages = list(history or [])
         if self.data.system is not None and (not messages or messages[0]["role"] != "system"):
             messages = system + messages
-        return Sample(messages + [user_message(prompt, audio, images)], source)
+        return Sample(messages + [user_message(prompt, media)], source)
 
     def check_media(self, kind: str, path: str) -> None:
         """Load and featurize one file now; raises MediaError (bad file) or DataError (no such tower)."""
+        if kind not in MEDIA_KINDS:
+            raise ValueError(f"media kind must be one of {MEDIA_KINDS}, got {kind!r}")
         if kind == "audio":
             self.encoder.audio_features(path)
-        elif kind == "image":
-            self.encoder.image_pixels(path)
         else:
-            raise ValueError(f"media kind must be 'audio' or 'image', got {kind!r}")
+            self.encoder.image_pixels(path)
 
-    def answer(self, prompt: str, audio=(), images=(), history: list[dict] | None = None, **gen) -> str:
-        """One new user turn (after `history`) -> the assistant's answer; gen: `generate` options."""
-        example = self.encoder.prompt(self.sample(prompt, audio, images, history))
+    def answer(self, prompt: str, media=(), history: list[dict] | None = None, **gen) -> str:
+        """One new user turn with `media` ((kind, path) pairs, in order) after `history` -> the
+        assistant's answer; gen: `generate` options."""
+        example = self.encoder.prompt(self.sample(prompt, media, history))
         return generate(self.model, self.tokenizer, [example], **gen)[0]
 
     def transcribe(self, paths: list[str], instruction: str | None = None, batch_size: int = 16,
                    progress: bool = False, **gen) -> list[str]:
         """Audio files -> transcripts, in order. instruction: the training prompt (default data.instruction)."""
         text = self.data.instruction if instruction is None else instruction
-        examples = [self.encoder.prompt(self.sample(text, audio=[p], source=str(p))) for p in paths]
+        examples = [self.encoder.prompt(self.sample(text, [("audio", p)], source=str(p))) for p in paths]
         return generate(self.model, self.tokenizer, examples, batch_size=batch_size, progress=progress, **gen)

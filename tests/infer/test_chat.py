@@ -30,8 +30,8 @@ class FakePredictor:
     def check_media(self, kind, path):
         load_audio(path) if kind == "audio" else load_image(path)
 
-    def answer(self, prompt, audio=(), images=(), history=None, **gen):
-        self.calls.append(dict(prompt=prompt, audio=list(audio), images=list(images), history=history, gen=gen))
+    def answer(self, prompt, media=(), history=None, **gen):
+        self.calls.append(dict(prompt=prompt, media=list(media), history=history, gen=gen))
         return f"answer {len(self.calls)}"
 
 
@@ -54,9 +54,10 @@ def test_media_attaches_to_the_next_turn_and_history_grows(files):
     history = run_chat(fake, script(lines), out.append, max_new_tokens=4)
     assert [c["prompt"] for c in fake.calls] == ["What is it?", "And this?", "Hi"]
     first, second, third = fake.calls
-    assert (first["images"], first["audio"], first["history"]) == ([files["cat.png"]], [], [])
-    assert (second["images"], second["audio"]) == ([], [files["a.wav"]])
-    assert second["history"] == [user_message("What is it?", images=[files["cat.png"]]), assistant_message("answer 1")]
+    assert (first["media"], first["history"]) == ([("image", files["cat.png"])], [])
+    assert second["media"] == [("audio", files["a.wav"])]
+    assert second["history"] == [user_message("What is it?", [("image", files["cat.png"])]),
+                                 assistant_message("answer 1")]
     assert third["history"] == [] and third["gen"] == {"max_new_tokens": 4}
     assert history == [user_message("Hi"), assistant_message("answer 3")]
     assert f"attached image {files['cat.png']} to the next message" in out
@@ -64,6 +65,17 @@ def test_media_attaches_to_the_next_turn_and_history_grows(files):
     assert any(o.startswith("not attached:") and "bad.png" in o for o in out)
     assert [o for o in out if o.startswith("answer")] == ["answer 1", "answer 2", "answer 3"]
     assert "conversation cleared" in out
+
+
+def test_media_go_in_in_the_order_attached(files):
+    fake = FakePredictor()
+    lines = ["/image " + files["cat.png"], "/audio " + files["a.wav"], "Answer the spoken question.",
+             "/audio " + files["a.wav"], "/image " + files["cat.png"], "Answer the spoken question."]
+    history = run_chat(fake, script(lines), lambda _: None)
+    image, audio = ("image", files["cat.png"]), ("audio", files["a.wav"])
+    assert [c["media"] for c in fake.calls] == [[image, audio], [audio, image]]
+    assert [[part["type"] for part in m["content"]] for m in history if m["role"] == "user"] == \
+        [["image", "audio", "text"], ["audio", "image", "text"]]
 
 
 def test_eof_ends_the_chat_and_unknown_commands_are_not_sent(files):

@@ -111,9 +111,9 @@ def test_decode_stops_at_the_first_end_of_turn(predictor):
 
 def test_left_padded_batch_generates_what_each_prompt_does_alone(predictor, media):
     p = predictor
-    samples = [p.sample("Transcribe the audio.", audio=[media["long"]]),
-               p.sample("What is in the image?", images=[media["red"]]),
-               p.sample("Which digit?", audio=[media["short"]], images=[media["blue"]]),
+    samples = [p.sample("Transcribe the audio.", [("audio", media["long"])]),
+               p.sample("What is in the image?", [("image", media["red"])]),
+               p.sample("Which digit?", [("audio", media["short"]), ("image", media["blue"])]),
                p.sample("zero seven eight")]
     prompts = [p.encoder.prompt(s) for s in samples]
     assert len({len(e) for e in prompts}) == 4  # every row of the batch gets a different amount of padding
@@ -140,8 +140,8 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(predictor):
 
 def test_predictor_builds_the_chat_sample(checkpoint, media):
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu", data=DataConfig(system="Be brief."))
-    history = [user_message("Hi", images=[media["red"]]), assistant_message("red")]
-    sample = predictor.sample("And this?", audio=[media["short"]], history=history)
+    history = [user_message("Hi", [("image", media["red"])]), assistant_message("red")]
+    sample = predictor.sample("And this?", [("audio", media["short"])], history=history)
     assert [m["role"] for m in sample.messages] == ["system", "user", "assistant", "user"]
     assert sample.messages[1:3] == history
     assert sample.messages[3]["content"] == [{"type": "audio", "path": media["short"]},
@@ -152,10 +152,27 @@ def test_predictor_builds_the_chat_sample(checkpoint, media):
     assert len(prompt.images) == 1
 
 
+def runs_of(ids: list[int], wanted: dict[int, str]) -> list[str]:
+    """The order of placeholder runs in a prompt: [5, 5, 9, 9, 1], {5: "a", 9: "i"} -> ["a", "i"]."""
+    kinds = [wanted[t] for t in ids if t in wanted]
+    return [k for n, k in enumerate(kinds) if n == 0 or kinds[n - 1] != k]
+
+
+def test_prompt_media_follow_the_given_order(predictor, media):
+    tok = predictor.tokenizer
+    wanted = {tok.convert_tokens_to_ids("<|audio|>"): "audio", tok.convert_tokens_to_ids("<|image|>"): "image"}
+    image, audio = ("image", media["red"]), ("audio", media["short"])
+    for order in ([image, audio], [audio, image], [image, audio, image]):
+        prompt = predictor.encoder.prompt(predictor.sample("Answer the spoken question.", order))
+        assert runs_of(prompt.input_ids.tolist(), wanted) == [kind for kind, _ in order]
+    with pytest.raises(ValueError, match="media kind must be one of"):
+        user_message("x", [("video", "a.mp4")])
+
+
 def test_transcribe_batches_files_and_matches_single_answers(predictor, media):
     paths = [media["short"], media["long"], media["short"]]
     texts = predictor.transcribe(paths, batch_size=2, max_new_tokens=5)
-    assert texts == [predictor.answer("Transcribe the audio.", audio=[p], max_new_tokens=5) for p in paths]
+    assert texts == [predictor.answer("Transcribe the audio.", [("audio", p)], max_new_tokens=5) for p in paths]
     assert texts[0] == texts[2] and all(isinstance(t, str) for t in texts)
 
 
