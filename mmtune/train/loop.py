@@ -31,7 +31,8 @@ from mmtune.model.plan import describe_parameters
 from mmtune.train.optim import build_optimizer, build_scheduler
 from mmtune.train.state import load_training_state, training_files
 from mmtune.train.stream import BatchStream
-from mmtune.train.tracker import Tracker, format_progress, write_eval_json, write_report
+from mmtune.train.report import write_eval_json, write_report
+from mmtune.train.tracker import Tracker, format_progress
 
 log = logging.getLogger("mmtune")
 CHECKPOINT_PREFIX = "checkpoint-"

@@ -1,30 +1,10 @@
 import json
-import math
-import struct
 import time
 
 import pytest
-from PIL import Image
 
-from mmtune.train.tracker import (Tracker, format_progress, plot_curves, read_records, smooth, write_eval_json,
-                                  write_report)
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def fake_loss(step: int) -> float:
-    return 6.0 * math.exp(-step / 3) + 0.01
-
-
-def run_steps(tracker: Tracker, steps) -> None:
-    for step in steps:
-        tracker.log(step, loss=fake_loss(step), lr=1e-4 / step, tokens_per_s=1000.0 + step)
-        if step % 5 == 0:
-            tracker.log_eval(step, {"loss": fake_loss(step) + 0.1, "wer": 0.5 / step})
-
-
-def step_values(records):
-    return [(r["step"], r.get("loss"), r.get("eval_loss"), r.get("eval_wer")) for r in records]
+from tests.train.fake_run import run_steps, step_values
+from mmtune.train.tracker import Tracker, format_progress, read_records, write_atomic
 
 
 def test_lines_written_and_read_back(tmp_path):
@@ -115,73 +95,11 @@ def test_tensorboard_hides_the_redone_steps_on_resume(tmp_path):
     assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 104.0), (5, 105.0)]
 
 
-def png_size(path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == PNG_MAGIC
-    return struct.unpack(">II", data[16:24])  # IHDR width, height
-
-
-@pytest.fixture(scope="module")
-def records(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run")
-    with Tracker(folder, tensorboard=False) as tracker:
-        run_steps(tracker, range(1, 31))
-        return tracker.history()
-
-
-def test_plot_is_a_sensible_png(tmp_path, records):
-    path = plot_curves(records, tmp_path / "sub" / "curves.png")
-    width, height = png_size(path)
-    assert 600 <= width <= 2000 and 400 <= height <= 2000
-    with Image.open(path) as image:
-        image.verify()
-    with Image.open(path) as image:
-        assert image.size == (width, height)
-        colors = image.convert("RGB").getcolors(maxcolors=1 << 16)
-        assert colors is None or len(colors) > 50  # drawn, not a blank canvas
-
-
-def test_plot_without_eval_or_lr_or_anything(tmp_path):
-    loss_only = plot_curves([{"step": s, "loss": 1.0 / s} for s in range(1, 5)], tmp_path / "a.png")
-    empty = plot_curves([], tmp_path / "b.png")
-    assert png_size(loss_only)[1] < png_size(plot_curves([{"step": 1, "loss": 1.0, "lr": 1e-4, "eval_loss": 1.0}],
-                                                         tmp_path / "c.png"))[1]
-    assert png_size(empty)[0] > 0
-
-
-def test_smooth_is_centered_and_keeps_the_ends():
-    assert smooth([1.0, 2.0, 3.0, 4.0, 5.0], 3) == [1.0, 2.0, 3.0, 4.0, 5.0]  # a line stays a line: no lag
-    assert smooth([0.0, 3.0, 0.0, 3.0, 0.0], 3) == [0.0, 1.0, 2.0, 1.0, 0.0]
-
-
-def test_report_has_metrics_plot_data_and_command(tmp_path, records):
-    config = {"model": {"llm": {"config": {"model_type": "qwen2"}, "train": "lora"},
-                        "audio": {"path": "openai/whisper-tiny", "train": "frozen",
-                                  "projector": {"type": "stack", "stack": 4, "frozen": False}},
-                        "vision": None, "lora": {"r": 8, "alpha": 16}},
-              "data": {"train": "train.jsonl", "eval": "data/eval.jsonl"}, "train": {"max_steps": 30}}
-    stats = {"rows": 95, "skipped": 2, "skipped_by_reason": {"too long": 2}, "tokens": 5000,
-             "supervised_fraction": 0.25}
-    path = write_report(tmp_path, config, {"loss": 0.5, "wer": 0.1234, "cer": 0.05}, records,
-                        extra={"train_data": stats, "eval_data": None, "train_seconds": 125.0})
-    text = path.read_text()
-    assert path == tmp_path / "report.md"
-    assert "| WER | 12.34% |" in text and "| CER | 5.00% |" in text and "| loss | 0.5 |" in text
-    assert "![curves](curves.png)" in text and png_size(tmp_path / "curves.png")[0] > 0
-    assert "qwen2" in text and "lora (r=8, alpha=16)" in text and "`openai/whisper-tiny`" in text
-    assert "steps: 30" in text and "2m 05s" in text and "1.0k tokens/s" in text
-    assert "| | train |" in text and "| rows kept | 95 |" in text and "too long: 2" in text and "| supervised token fraction | 25.0% |" in text
-    assert f"| 1 | {fake_loss(1):.4f} |" in text and f"| 30 | {fake_loss(30):.4f} |" in text
-    assert f"mmtune eval --checkpoint {tmp_path / 'final'} --data data/eval.jsonl" in text
-
-
-def test_eval_json_round_trips_atomically(tmp_path):
-    metrics = {"loss": 0.5, "wer": 0.1234, "samples": 64}
-    path = write_eval_json(tmp_path, metrics)
-    assert path == tmp_path / "eval.json"
-    assert json.loads(path.read_text()) == metrics
-    assert "\n  " in path.read_text()  # indented for people
-    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]  # no temporary file left behind
+def test_write_atomic_replaces_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "sub" / "a.txt"
+    write_atomic(path, "one")
+    write_atomic(path, "two")
+    assert path.read_text() == "two" and [p.name for p in path.parent.iterdir()] == ["a.txt"]
 
 
 def test_format_progress():
