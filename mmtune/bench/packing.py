@@ -9,8 +9,9 @@ Three fresh copies of one randomly initialized model (same seed) train on them, 
 in turn, so the machine's state affects all alike:
     padded   `batch_size` samples per row-padded batch in shuffled order (a stock padded run), SDPA
     grouped  the same batches sizes, length-grouped by `mmtune.data.sampler` (the mmtune default), SDPA
-    packed   rows of `max_tokens` best-fit packed in shuffled order, as training packs (about batch_size x the mean sample length, so
-             a step holds as many samples on average), varlen attention with cu_seqlens
+    packed   rows of `max_tokens`, best fit in shuffled order as training packs them (about
+             batch_size x the mean sample length, so a step holds as many samples on average),
+             varlen attention with cu_seqlens
 Tokens/s counts real (non-pad) tokens. `loss_abs_diff` compares the mean token loss of the
 same samples at the initial weights (eval mode), padded against packed: per-token sums, so
 grouping does not matter. On CUDA (`preset="0.5b"`, bf16) MFU, peak memory and the relative
