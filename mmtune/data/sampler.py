@@ -31,8 +31,9 @@ def best_fit_pack(lengths: list[int], max_tokens: int, seed: int | None = None) 
         best_fit_pack([5, 3, 4, 2], 7)  # [[0, 3], [2, 1]]
     """
     check_lengths(lengths, max_tokens)
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    if seed is not None:
+    if seed is None:
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    else:
         order = list(range(len(lengths)))
         random.Random(seed).shuffle(order)
     groups: list[list[int]] = []
