@@ -185,10 +185,14 @@ def _mix_counts(examples: list[Example]) -> dict:
 def compare_eval(padded_model, packed_model, examples, batch_size, pad_id, device) -> dict:
     """Mean token loss of `examples` at the initial weights, padded (SDPA) and packed (varlen), and
     the relative error ||packed - padded|| / ||padded|| of the logits over every real position.
-    Each group of `batch_size` samples goes through both, as one padded batch and one packed row."""
+    Each group of `batch_size` samples goes through both, as one padded batch and one packed row.
+
+    `alone_logits_rel_err` is the floor to read it against: the padded model on each sample alone
+    (a batch of one, no padding) against the same padded batch. In bf16 a different batch shape
+    alone changes the rounding of every matmul; in fp32 both errors are ~1e-7."""
     padded_model.eval(), packed_model.eval()
     loss, tokens = {"padded": 0.0, "packed": 0.0}, {"padded": 0, "packed": 0}
-    diff = ref = 0.0
+    diff = ref = alone_diff = 0.0
     for k in range(0, len(examples), batch_size):
         group = examples[k : k + batch_size]
         padded = padded_model(**to_device(collate_padded(group, pad_id), device))
@@ -202,9 +206,12 @@ def compare_eval(padded_model, packed_model, examples, batch_size, pad_id, devic
             expected = padded.logits[i, : len(e)].float()  # (T_i, V)
             diff += float((packed.logits[0, bounds[i] : bounds[i + 1]].float() - expected).square().sum())
             ref += float(expected.square().sum())
+            alone = padded_model(**to_device(collate_padded([e], pad_id), device)).logits[0].float()  # (T_i, V)
+            alone_diff += float((alone - expected).square().sum())
     assert tokens["padded"] == tokens["packed"], "padded and packed batches supervise different tokens"
     return {"padded_loss": loss["padded"] / tokens["padded"], "packed_loss": loss["packed"] / tokens["packed"],
-            "logits_rel_err": math.sqrt(diff / ref), "eval_tokens": tokens["packed"], "eval_samples": len(examples)}
+            "logits_rel_err": math.sqrt(diff / ref), "alone_logits_rel_err": math.sqrt(alone_diff / ref),
+            "eval_tokens": tokens["packed"], "eval_samples": len(examples)}
 
 
 def to_device(batch: dict, device) -> dict:
