@@ -259,22 +259,45 @@ def _add_bench(sub) -> None:
                            help="tiny (CPU); real sizes for --device cuda: 0.5b (packing) / small (audio-encoder)")
         if name == "packing":
             b.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, for MFU, if not known")
+            b.add_argument("--num-samples", type=int, help="samples of the mix (default: the preset's, 256 / 1024)")
+            b.add_argument("--steps", type=int, help="optimizer steps per mode (default: one epoch each)")
+            b.add_argument("--batch-size", type=int, help="samples per padded batch (default: the preset's, 8 / 16)")
+            b.add_argument("--max-tokens", type=int,
+                           help="tokens per packed row (default: the preset's, 2048 / 16384: about batch-size "
+                                "x the mean sample length)")
+        else:
+            b.add_argument("--num-clips", type=int, default=16 if name == "audio-encoder" else 64)
+        if name == "audio-encoder":
+            b.add_argument("--seconds", type=_clip_seconds, default=5.0,
+                           help="clip length, at most 30 (the padded side pads every clip to 30 s)")
+        if name == "features":
+            b.add_argument("--mels", type=int, default=80, choices=(80, 128), help="80 (Whisper) or 128 (large-v3)")
         b.set_defaults(run=_run_bench, bench=name)
+
+
+def _clip_seconds(text: str) -> float:
+    seconds = float(text)
+    if not 0 < seconds <= 30:
+        raise argparse.ArgumentTypeError(f"{text}: a Whisper encoder takes clips of more than 0 and at most 30 s")
+    return seconds
 
 
 def _run_bench(args) -> int:
     if args.bench == "packing":
         from mmtune.bench.packing import run
 
-        result = run(device=args.device, preset=args.preset, peak_tflops=args.peak_tflops, threads=args.threads)
+        result = run(steps=args.steps, num_samples=args.num_samples, device=args.device, preset=args.preset,
+                     batch_size=args.batch_size, max_tokens=args.max_tokens, peak_tflops=args.peak_tflops,
+                     threads=args.threads)
     elif args.bench == "audio-encoder":
         from mmtune.bench.audio_encoder import run
 
-        result = run(device=args.device, preset=args.preset, threads=args.threads)
+        result = run(num_clips=args.num_clips, seconds=args.seconds, device=args.device, preset=args.preset,
+                     threads=args.threads)
     else:
         from mmtune.bench.features import run
 
-        result = run(device=args.device, threads=args.threads)
+        result = run(num_clips=args.num_clips, device=args.device, n_mels=args.mels, threads=args.threads)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -1,4 +1,8 @@
-from mmtune.cli import build_parser
+import json
+
+import pytest
+
+from mmtune.cli import build_parser, main
 
 
 def test_generate_keeps_the_command_line_order_of_media():
@@ -7,3 +11,23 @@ def test_generate_keeps_the_command_line_order_of_media():
     assert parse("--audio", "q.wav", "--image", "7.png", "--image", "8.png") == \
         [("audio", "q.wav"), ("image", "7.png"), ("image", "8.png")]
     assert parse() == []
+
+
+def test_bench_packing_options_reach_the_run(tmp_path, capsys):
+    out = tmp_path / "packing.json"
+    code = main(["bench", "packing", "--num-samples", "12", "--steps", "1", "--batch-size", "4", "--max-tokens", "1024",
+                 "--threads", "1", "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert (result["num_samples"], result["batch_size"], result["max_tokens"]) == (12, 4, 1024)
+    assert result["steps"] == {"padded": 1, "grouped": 1, "packed": 1}
+    assert json.loads(capsys.readouterr().out) == result  # the same JSON on stdout
+
+
+def test_bench_audio_encoder_rejects_clips_a_whisper_encoder_cannot_take(capsys):
+    for bad in ("40", "0"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["bench", "audio-encoder", "--seconds", bad])
+        assert "at most 30 s" in capsys.readouterr().err
+    args = build_parser().parse_args(["bench", "audio-encoder", "--seconds", "2.5", "--num-clips", "3"])
+    assert (args.seconds, args.num_clips) == (2.5, 3)
