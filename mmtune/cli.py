@@ -255,8 +255,9 @@ def _add_bench(sub) -> None:
         b.add_argument("--threads", type=int, default=None if name != "features" else 1,
                        help="torch CPU threads during the run (1 gives steady figures on a shared machine)")
         if name != "features":
-            b.add_argument("--preset", default="tiny",
-                           help="tiny (CPU); real sizes for --device cuda: 0.5b (packing) / small (audio-encoder)")
+            real = "0.5b" if name == "packing" else "small"
+            b.add_argument("--preset", default="tiny", choices=("tiny", real),
+                           help=f"tiny (CPU); {real}: real sizes, bf16, for --device cuda")
         if name == "packing":
             b.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, for MFU, if not known")
             b.add_argument("--num-samples", type=int, help="samples of the mix (default: the preset's, 256 / 1024)")
@@ -283,6 +284,8 @@ def _clip_seconds(text: str) -> float:
 
 
 def _run_bench(args) -> int:
+    from mmtune.bench.report import write_json
+
     if args.bench == "packing":
         from mmtune.bench.packing import run
 
@@ -298,10 +301,7 @@ def _run_bench(args) -> int:
         from mmtune.bench.features import run
 
         result = run(num_clips=args.num_clips, device=args.device, n_mels=args.mels, threads=args.threads)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
+    print(write_json(result, args.json))
     return 0
 
 

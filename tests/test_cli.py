@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from mmtune.cli import build_parser, main
 
@@ -31,3 +32,13 @@ def test_bench_audio_encoder_rejects_clips_a_whisper_encoder_cannot_take(capsys)
         assert "at most 30 s" in capsys.readouterr().err
     args = build_parser().parse_args(["bench", "audio-encoder", "--seconds", "2.5", "--num-clips", "3"])
     assert (args.seconds, args.num_clips) == (2.5, 3)
+
+
+def test_bench_on_a_missing_gpu_says_so_before_building_anything(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["bench", "packing", "--device", "cuda", "--preset", "0.5b"]) == 1
+    err = capsys.readouterr().err
+    assert "error: --device cuda:" in err and "sees no CUDA device" in err and "Traceback" not in err
+    assert main(["bench", "features", "--device", "tpu9"]) == 1
+    assert "--device tpu9" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from mmtune.audio.encoder import AudioEncoder
-from mmtune.bench.report import best_times, machine, torch_threads
+from mmtune.bench.report import best_times, check_device, machine, torch_threads
 from mmtune.model.varlen import register_varlen_attention
 
 MEL_FRAMES_PER_S = 100  # Whisper log-mel: 10 ms hop
@@ -32,6 +32,7 @@ def run(num_clips=16, seconds=5.0, device="cpu", preset="tiny", batch_size=8, re
         threads=None) -> dict:
     """Time both paths on `num_clips` random log-mel clips of `seconds` each; returns figures as a dict.
     `threads`: CPU threads for torch during the run (None: torch's default)."""
+    check_device(device)
     with torch_threads(threads):
         return _run(num_clips, seconds, device, preset, batch_size, repeats, seed)
 

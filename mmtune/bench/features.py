@@ -20,6 +20,7 @@ from transformers import WhisperFeatureExtractor
 
 from mmtune.audio.features import log_mel_spectrogram, num_frames
 from mmtune.audio.io import SAMPLE_RATE
+from mmtune.bench.report import check_device
 
 MEDIAN_SECONDS = 4.0  # s, median duration of the log-normal clip mix
 LOG_SIGMA = 0.7  # spread of log(duration), natural log units
@@ -28,6 +29,7 @@ EXTRACTOR_FRAMES = 3000  # frames the extractor returns per clip (30 s)
 
 def run(num_clips=64, seconds=(1, 20), seed=0, device="cpu", n_mels=80, repeats=3, threads=1) -> dict:
     """Time both feature paths on `num_clips` speech-like clips; returns figures as a dict."""
+    check_device(device)
     clips = make_clips(num_clips, seconds, seed)
     extractor = WhisperFeatureExtractor(feature_size=n_mels)
     saved_threads = torch.get_num_threads()

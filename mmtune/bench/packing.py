@@ -25,7 +25,7 @@ import tempfile
 import numpy as np
 import torch
 
-from mmtune.bench.report import machine, peak_flops, timed, torch_threads
+from mmtune.bench.report import check_device, machine, peak_flops, timed, torch_threads
 from mmtune.collators import collate_packed, collate_padded
 from mmtune.config import LLMConfig, LoraConfig, ModelConfig, ProjectorConfig, TowerConfig
 from mmtune.data.example import IGNORE_INDEX, Example
@@ -69,6 +69,7 @@ def run(steps=None, num_samples=None, device="cpu", preset="tiny", seed=0, batch
     `peak_tflops`: the card's dense bf16 peak when it is not in the table; `threads`: CPU threads."""
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r}: use one of {', '.join(PRESETS)}")
+    check_device(device)
     with torch_threads(threads):
         return _run(steps, num_samples, device, preset, seed, batch_size, max_tokens, eval_samples, peak_tflops)
 

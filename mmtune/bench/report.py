@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from mmtune.config import ConfigError
+
 # dense bf16 tensor-core peak of each card, FLOP/s; the first name contained in the device name wins
 PEAK_BF16_FLOPS = (
     ("H100 PCIe", 756e12),
@@ -70,6 +72,17 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def check_device(device) -> None:
+    """Raise ConfigError, before any model is built, when `device` is not one torch can use here."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"--device {device}: {e}; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: torch {torch.__version__} sees no CUDA device on this machine; "
+                          f"run on a GPU with a CUDA build of torch, or leave --device out (cpu)")
 
 
 def machine() -> dict:
