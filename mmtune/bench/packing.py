@@ -28,7 +28,7 @@ import torch
 from mmtune.bench.report import check_device, machine, peak_flops, timed, torch_threads
 from mmtune.collators import collate_packed, collate_padded
 from mmtune.config import LLMConfig, LoraConfig, ModelConfig, ProjectorConfig, TowerConfig
-from mmtune.data.example import IGNORE_INDEX, Example
+from mmtune.data.example import IGNORE_INDEX, Example, to_device
 from mmtune.data.sampler import length_grouped_batches, padding_stats, shuffled_batches, token_budget_batches
 from mmtune.model.build import build_model
 from mmtune.model.placeholders import num_audio_tokens, num_image_tokens
@@ -213,12 +213,6 @@ def compare_eval(padded_model, packed_model, examples, batch_size, pad_id, devic
     return {"padded_loss": loss["padded"] / tokens["padded"], "packed_loss": loss["packed"] / tokens["packed"],
             "logits_rel_err": math.sqrt(diff / ref), "alone_logits_rel_err": math.sqrt(alone_diff / ref),
             "eval_tokens": tokens["packed"], "eval_samples": len(examples)}
-
-
-def to_device(batch: dict, device) -> dict:
-    """Model inputs on `device`; clip lengths and owners stay on the CPU (the model reads them as ints)."""
-    keep_on_cpu = ("audio_lengths", "audio_owner", "image_owner")
-    return {k: v.to(device) if torch.is_tensor(v) and k not in keep_on_cpu else v for k, v in batch.items()}
 
 
 # ---- training --------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ Batch keys (tensors unless said otherwise):
     pixel_values     (I, 3, H, W)     every image of the batch, in order of appearance
     image_owner      (I,) long        index of the sample each image belongs to
     sources          list[str]        "manifest.jsonl:LINE" of each sample, for error messages
-Audio/image keys are absent when the batch has no clip/image.
+Audio/image keys are absent when the batch has no clip/image. `to_device` moves a batch for the
+model, leaving on the CPU the index tensors (HOST_KEYS) the model reads as Python ints.
 """
 
 from dataclasses import dataclass, field
@@ -27,6 +28,12 @@ from dataclasses import dataclass, field
 import torch
 
 IGNORE_INDEX = -100  # label of a token that is not supervised
+HOST_KEYS = ("audio_lengths", "audio_owner", "image_owner")  # read per item: on a GPU each read would sync
+
+
+def to_device(batch: dict, device) -> dict:
+    """A batch's tensors on `device`, but HOST_KEYS stay on the CPU; other values (sources) as they are."""
+    return {k: v.to(device) if torch.is_tensor(v) and k not in HOST_KEYS else v for k, v in batch.items()}
 
 
 @dataclass

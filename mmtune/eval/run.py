@@ -18,7 +18,8 @@ from mmtune.collators.padded import collate_padded
 from mmtune.data.dataset import MultimodalDataset
 from mmtune.data.formats import Sample
 from mmtune.eval.metrics import cer, error_counts, exact_match, normalize_text, wer
-from mmtune.infer.generate import eval_mode, generate, length_batches, model_device, to_device
+from mmtune.data.example import to_device
+from mmtune.infer.generate import eval_mode, generate, length_batches, model_device
 
 METRICS = ("loss", "wer", "cer", "accuracy")
 GENERATION_METRICS = {"wer": wer, "cer": cer, "accuracy": exact_match}

@@ -27,7 +27,7 @@ from mmtune.collators.padded import check_examples, collate_media
 from mmtune.config import DataConfig
 from mmtune.data.dataset import MediaSpec, SampleEncoder
 from mmtune.data.encode import end_of_turn_ids
-from mmtune.data.example import Example
+from mmtune.data.example import Example, to_device
 from mmtune.data.formats import Sample
 from mmtune.model.checkpoint import load_checkpoint
 
@@ -53,11 +53,6 @@ def collate_prompts(examples: list[Example], pad_token_id: int) -> dict:
 
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    """Tensors of a batch onto `device`; other values (sources) as they are."""
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @contextlib.contextmanager

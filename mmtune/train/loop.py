@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from mmtune.collators import collate_packed, collate_padded
 from mmtune.config import Config, ConfigError, to_dict
 from mmtune.data.dataset import MediaSpec, MultimodalDataset
-from mmtune.data.example import IGNORE_INDEX
+from mmtune.data.example import IGNORE_INDEX, to_device
 from mmtune.errors import MmtuneError
 from mmtune.eval.run import evaluate, write_predictions
 from mmtune.model.build import build_model
@@ -154,7 +154,7 @@ class _Run:
         for _ in range(self.acc.num_processes - self.acc.process_index - 1):
             self.stream.next()
         batch = self.collate([self.train_set[i] for i in indices], self.tokenizer.pad_token_id)
-        return {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return to_device(batch, self.acc.device)
 
     def evaluate(self, step: int, tracker) -> dict:
         if self.eval_set is None or not self.acc.is_main_process:
