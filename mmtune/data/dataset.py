@@ -25,7 +25,7 @@ from mmtune.audio.features import log_mel_spectrogram
 from mmtune.audio.io import SAMPLE_RATE, load_audio
 from mmtune.config import DataConfig, ModelConfig
 from mmtune.data.encode import render_conversation, render_prompt, truncate
-from mmtune.data.example import Example
+from mmtune.data.example import IGNORE_INDEX, Example
 from mmtune.data.formats import Sample, read_manifest
 from mmtune.errors import DataError, MediaError
 from mmtune.model.placeholders import PLACEHOLDERS, num_audio_tokens, num_image_tokens
@@ -82,22 +82,16 @@ class SampleEncoder:
         self.truncated: set[str] = set()  # sources of samples cut to max_length in text (truncation: text)
 
     def __call__(self, sample: Sample) -> Example:
-        try:
+        with _named(sample.source):
             return self._encode(sample)
-        except MediaError as e:
-            raise DataError(sample.source, str(e)) from None
-        except DataError as e:
-            raise DataError(sample.source, e.reason) from None
 
     def prompt(self, sample: Sample) -> Example:
         """The sample as a generation prompt (its last assistant turn, if any, left out); labels empty."""
         messages = sample.messages[:-1] if sample.messages[-1]["role"] == "assistant" else sample.messages
-        try:
+        with _named(sample.source):
             audio, images, counts = self._media(messages)
             ids = render_prompt(self.tokenizer, messages, counts)
-        except (MediaError, DataError) as e:
-            raise DataError(sample.source, getattr(e, "reason", str(e))) from None
-        return Example(ids, torch.full_like(ids, -100), audio, images, sample.source)
+        return Example(ids, torch.full_like(ids, IGNORE_INDEX), audio, images, sample.source)
 
     def _media(self, messages: list[dict]):
         parts = [p for m in messages for p in m["content"]]
@@ -110,7 +104,7 @@ class SampleEncoder:
     def _encode(self, sample: Sample) -> Example:
         audio, images, counts = self._media(sample.messages)
         ids, labels = render_conversation(self.tokenizer, sample.messages, counts, self.data.train_on)
-        if labels.ne(-100).sum() == 0:
+        if labels.ne(IGNORE_INDEX).sum() == 0:
             raise DataError(sample.source, "no supervised token: the assistant answers rendered to nothing")
         if len(ids) > self.data.max_length:
             ids, labels, audio, images = self._truncate(sample, ids, labels, audio, images)
@@ -159,6 +153,17 @@ class SampleEncoder:
         if self.spec.image is None:
             raise DataError("", "the sample has an image but the model has no vision tower: add model.vision")
         return preprocess_image(load_image(path), self.spec.image, self.spec.image_resize)  # (3, S, S)
+
+
+@contextmanager
+def _named(source: str):
+    """Re-raise a MediaError or DataError from encoding one sample as a DataError naming its row."""
+    try:
+        yield
+    except MediaError as e:
+        raise DataError(source, str(e)) from None
+    except DataError as e:
+        raise DataError(source, e.reason) from None
 
 
 @contextmanager
