@@ -33,7 +33,6 @@ from mmtune.data.sampler import length_grouped_batches, padding_stats, shuffled_
 from mmtune.model.build import build_model
 from mmtune.model.placeholders import num_audio_tokens, num_image_tokens
 from mmtune.model.tokenizer import save_tokenizer, train_tokenizer
-from mmtune.model.varlen import NAME as VARLEN_NAME
 
 MEL_FRAMES_PER_S = 100  # Whisper log-mel: 10 ms hop
 AUDIO_MEDIAN_S, AUDIO_SIGMA, AUDIO_RANGE_S = 4.0, 0.7, (1.0, 20.0)  # clip durations, s (log-normal)
@@ -133,7 +132,6 @@ def build_models(p: dict, device, seed: int) -> tuple[dict, object]:
         save_tokenizer(train_tokenizer(CORPUS, vocab_size=400), folder)
         padded, tokenizer = build_model(model_config(p, folder, "sdpa", seed), device=str(device))
         packed, _ = build_model(model_config(p, folder, "varlen", seed), device=str(device))
-    packed.audio_encoder.encoder.config._attn_implementation = VARLEN_NAME  # clips packed too (build keeps sdpa)
     models = {"padded": padded, "grouped": copy.deepcopy(padded), "packed": packed}
     dtype = getattr(torch, p["dtype"])  # projectors too: no autocast here, every part computes in this dtype
     return {mode: m.to(device=device, dtype=dtype) for mode, m in models.items()}, tokenizer

@@ -82,11 +82,15 @@ def _part_owner(model: MultimodalLM, part: str):
     return owner, attr
 
 
+def part_plans(cfg: ModelConfig) -> dict:
+    """{part: "frozen" | "lora" | "full"}, None for a tower the config does not have."""
+    return {"llm": cfg.llm.train, "audio_encoder": cfg.audio and cfg.audio.train,
+            "vision_tower": cfg.vision and cfg.vision.train}
+
+
 def apply_plans(model: MultimodalLM, cfg: ModelConfig) -> None:
     """Freeze / fully train / LoRA-wrap each part, as the config says; projectors train unless frozen."""
-    plans = {"llm": cfg.llm.train, "audio_encoder": cfg.audio and cfg.audio.train,
-             "vision_tower": cfg.vision and cfg.vision.train}
-    for part, plan in plans.items():
+    for part, plan in part_plans(cfg).items():
         owner, attr = _part_owner(model, part)
         if owner is not None:
             setattr(owner, attr, apply_plan(getattr(owner, attr), plan, cfg.lora))
@@ -112,10 +116,8 @@ def load_previous_stage(model: MultimodalLM, folder: str) -> set[str]:
 
     prev = read_model_config(folder)
     tensors = read_weights(Path(folder) / WEIGHTS_FILE)
-    prev_plans = {"llm": prev.llm.train, "audio_encoder": prev.audio and prev.audio.train,
-                  "vision_tower": prev.vision and prev.vision.train}
     wrapped = []
-    for part, plan in prev_plans.items():
+    for part, plan in part_plans(prev).items():
         owner, attr = _part_owner(model, part)
         if plan == "lora" and owner is not None and any(k.startswith(part + ".") for k in tensors):
             setattr(owner, attr, apply_plan(getattr(owner, attr), "lora", prev.lora))
