@@ -12,6 +12,7 @@ EPILOG = """examples:
   mmtune train examples/speech_digits/config.yaml                 train, evaluate, write a report
   mmtune train examples/speech_digits/config.yaml max_steps=50 output_dir=runs/try resume=auto
   mmtune data check examples/speech_digits/data/train.jsonl --config examples/speech_digits/config.yaml
+  mmtune data convert --table cv-corpus/en/validated.tsv --out data/train.jsonl   Common Voice table -> manifest
   mmtune eval --checkpoint runs/speech_digits/final --data examples/speech_digits/data/eval.jsonl
   mmtune transcribe --checkpoint runs/speech_digits/final clip1.wav clip2.flac
   mmtune generate --checkpoint runs/vision_digits/stage2/final --image digit.png --prompt "Which digit is written here?"
@@ -95,14 +96,14 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    from mmtune.data.dataset import MediaSpec, MultimodalDataset
+    from mmtune.data.dataset import MultimodalDataset
+    from mmtune.data.encode import MediaSpec
     from mmtune.eval.run import evaluate, write_predictions
     from mmtune.model.checkpoint import load_checkpoint
 
     model, tokenizer, model_cfg = load_checkpoint(args.checkpoint)
     data_cfg = _data_config(args.checkpoint, args.instruction)
-    dataset = MultimodalDataset.from_manifest(args.data, tokenizer, MediaSpec.from_config(model_cfg, data_cfg),
-                                              data_cfg, train=False)
+    dataset = MultimodalDataset.load(args.data, tokenizer, MediaSpec.from_config(model_cfg, data_cfg), data_cfg)
     metrics, records = evaluate(model, tokenizer, dataset, tuple(args.metrics.split(",")), args.max_new_tokens,
                                 args.batch_size, args.max_samples)
     metrics["skipped"] = len(dataset.skipped)
@@ -202,29 +203,91 @@ def _add_data(sub) -> None:
     p = sub.add_parser("data", help="data tools")
     dsub = p.add_subparsers(title="data commands", metavar="COMMAND")
     c = dsub.add_parser("check", help="read every row and its media; report ranges and every bad row",
-                        description="Exit status 1 when any row is bad. With --config, token lengths (placeholders "
-                                    "expanded for the configured encoders) and over-length rows are reported too.")
-    c.add_argument("manifest")
-    c.add_argument("--config", help="training config: tokenizer, encoders and data.max_length")
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Exit status 1 when any row is bad. With --config, the length index training "
+                                    "uses is built (or read back from\n.mmtune_index/ beside the data) and token "
+                                    "lengths (placeholders expanded for the configured encoders)\nand over-length "
+                                    "rows are reported too; a later `mmtune train` with the same settings then "
+                                    "starts at once.",
+                        epilog="""examples:
+  mmtune data check data/train.jsonl                                  rows and media, no tokenizer needed
+  mmtune data check data/train.jsonl --config config.yaml             + token lengths, over-length rows, the index
+  mmtune data check cv_parquet/ --config config.yaml data.columns.text=sentence    a datasets folder / Parquet
+  mmtune data check 'shards/train-*.tar' --config config.yaml --headers-only       tar shards, index only""")
+    c.add_argument("manifest", help="a .jsonl/.json manifest, .parquet/.arrow files, a datasets.save_to_disk folder, "
+                                    "or .tar shards (a file, a quoted glob or a folder)")
+    c.add_argument("--config", help="training config: tokenizer, encoders, data.max_length, data.columns")
+    c.add_argument("overrides", nargs="*", help="key.sub=value overrides of the config, as for train")
+    c.add_argument("--headers-only", action="store_true",
+                   help="with --config: build or read the index (file headers) but decode no media")
     c.set_defaults(run=_run_data_check)
+    v = dsub.add_parser(
+        "convert", help="write an ASR manifest from a transcript table (TSV/CSV) or a LibriSpeech folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Write {"audio": PATH, "text": TRANSCRIPT} JSON lines, audio paths relative to the manifest\'s\n'
+                    "folder. Rows whose audio file is missing, whose transcript is empty or whose field count\n"
+                    "differs from the header are skipped and listed; audio is only checked to exist, not decoded\n"
+                    "(run `mmtune data check` on the result for that). The manifest appears under --out only when\n"
+                    "the run ends with rows written; exit status 1 when no row was written.",
+        epilog="""examples:
+  Common Voice (columns path and sentence; the clips/ folder beside the table is used by itself):
+    mmtune data convert --table cv-corpus/en/validated.tsv --out data/cv_train.jsonl
+  LibriSpeech (every SPEAKER/CHAPTER/*.trans.txt under the folder, each ID.flac beside its .trans.txt):
+    mmtune data convert --librispeech LibriSpeech/train-clean-100 --out data/ls_train.jsonl
+  a CSV with its own column names, clips in another folder (paths in the table are relative to it):
+    mmtune data convert --table labels.csv --audio-column wav_file --text-column label \\
+        --audio-dir recordings/ --out data/train.jsonl
+  then decode every clip once before training:
+    mmtune data check data/train.jsonl""")
+    source = v.add_mutually_exclusive_group(required=True)
+    source.add_argument("--table", help="TSV or CSV with a header row (delimiter from the extension)")
+    source.add_argument("--librispeech", metavar="DIR", help="a LibriSpeech split folder, e.g. LibriSpeech/dev-clean")
+    v.add_argument("--out", required=True, help="the manifest to write (.jsonl)")
+    v.add_argument("--audio-dir", help="folder the table's audio paths are relative to (default: clips/ beside the "
+                                       "table when it exists, else the table's folder)")
+    v.add_argument("--audio-column", help="default: the first of audio, path, file, filename")
+    v.add_argument("--text-column", help="default: the first of text, sentence, transcript, transcription")
+    v.add_argument("--delimiter", type=lambda text: "\t" if text in ("\\t", "tab") else text,
+                   help="field separator when the extension is neither .tsv nor .csv ('tab' or '\\t' for a tab)")
+    v.set_defaults(run=_run_data_convert)
 
 
 def _run_data_check(args) -> int:
-    from mmtune.data.check import check_manifest, format_report
+    from mmtune.data.check import check_data, format_report
 
     encoder, max_length = None, None
+    if args.overrides and not args.config:
+        raise MmtuneError("overrides need --config: they change a training config's settings")
     if args.config:
         from mmtune.config import load_config
-        from mmtune.data.dataset import MediaSpec, SampleEncoder
+        from mmtune.data.encode import MediaSpec, SampleEncoder
         from mmtune.model.tokenizer import load_tokenizer
 
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, args.overrides)
         tokenizer = load_tokenizer(cfg.model.llm.tokenizer or cfg.model.llm.path, cfg.model.llm.chat_template)
-        encoder = SampleEncoder(tokenizer, MediaSpec.from_config(cfg.model, cfg.data), cfg.data)
+        encoder = SampleEncoder(tokenizer, MediaSpec.from_config(cfg.model, cfg.data), cfg.data, train=True)
         max_length = cfg.data.max_length
-    report = check_manifest(args.manifest, encoder)
+    report = check_data(args.manifest, encoder, decode=not args.headers_only)
     print(format_report(report, max_length))
     return 1 if report.bad else 0
+
+
+def _run_data_convert(args) -> int:
+    from mmtune.data.convert import librispeech_to_manifest, table_to_manifest
+
+    if args.table:
+        report = table_to_manifest(args.table, args.out, args.audio_dir, args.audio_column, args.text_column,
+                                   args.delimiter)
+    else:
+        table_only = [flag for flag, value in (("--audio-dir", args.audio_dir), ("--audio-column", args.audio_column),
+                                               ("--text-column", args.text_column), ("--delimiter", args.delimiter))
+                      if value is not None]
+        if table_only:
+            raise MmtuneError(f"{', '.join(table_only)} apply to --table only; a LibriSpeech folder keeps each "
+                              "ID.flac beside its .trans.txt")
+        report = librispeech_to_manifest(args.librispeech, args.out)
+    print(report.format())
+    return 0 if report.rows_written else 1
 
 
 def _add_export(sub) -> None:

@@ -121,8 +121,11 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    train: str | None = None  # manifest (JSONL, or LLaVA .json)
+    train: str | None = None  # JSONL or LLaVA .json manifest, .parquet/.arrow files, a save_to_disk folder, .tar shards
     eval: str | None = None
+    columns: dict | None = None  # datasets sources: manifest key -> column, e.g. {text: sentence}
+    num_workers: int = 2  # DataLoader worker processes that decode and encode (0: in the main process)
+    prefetch: int = 2  # batches each worker prepares ahead
     instruction: str = "Transcribe the audio."  # user prompt for the ASR shorthand {"audio", "text"}
     system: str | None = None
     max_length: int = 2048  # tokens per sample, placeholders included
@@ -144,6 +147,12 @@ class DataConfig:
         _check_choice("image_resize", self.image_resize, ("crop", "pad"))
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0 or self.prefetch < 1:
+            raise ConfigError(f"num_workers must be >= 0 and prefetch >= 1, got {self.num_workers} and {self.prefetch}")
+        for key, column in (self.columns or {}).items():
+            if key not in ("audio", "text", "instruction", "image", "conversations", "messages"):
+                raise ConfigError(f"columns: {key!r} is not a manifest key; map audio, text, instruction, image, "
+                                  f"conversations or messages to the dataset's column names")
 
 
 @dataclass

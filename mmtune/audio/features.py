@@ -27,6 +27,10 @@ HOP_LENGTH = 160  # samples (10 ms)
 N_FREQS = N_FFT // 2 + 1  # 201 STFT bins, 0 .. 8 kHz
 LOG_FLOOR = 1e-10  # mel power clamp before log10
 DYNAMIC_RANGE = 8.0  # log10 units kept below each clip's max (80 dB)
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
+CHUNK_SECONDS = 30  # s, the longest clip a Whisper encoder takes
+N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480000 samples in a 30 s chunk
+MAX_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a 30 s chunk
 
 
 def num_frames(n_samples: int) -> int:

@@ -16,11 +16,10 @@ from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from mmtune.audio.encoder import AudioEncoder
+from mmtune.audio.features import FRAMES_PER_SECOND, MAX_FRAMES
 from mmtune.bench.report import best_times, check_device, machine, torch_threads
 from mmtune.model.varlen import register_varlen_attention
 
-MEL_FRAMES_PER_S = 100  # Whisper log-mel: 10 ms hop
-MAX_FRAMES = 3000  # mel frames of the stock encoder's input (30 s)
 
 PRESETS = {
     "tiny": dict(d_model=256, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=1024),  # CPU, seconds
@@ -44,7 +43,7 @@ def _run(num_clips, seconds, device, preset, batch_size, repeats, seed) -> dict:
     ours = copy.deepcopy(stock)
     ours.config._attn_implementation = register_varlen_attention() if on_cuda else "sdpa"  # CPU: batched SDPA
     audio = AudioEncoder(ours)
-    frames = int(seconds * MEL_FRAMES_PER_S)
+    frames = int(seconds * FRAMES_PER_SECOND)
     clips = torch.randn(num_clips, stock.config.num_mel_bins, frames, generator=torch.Generator().manual_seed(seed))
     times = best_times({"padded": lambda: _padded(stock, clips, batch_size, device, dtype),
                         "varlen": lambda: _varlen(audio, clips, batch_size, device, dtype)}, repeats, device)

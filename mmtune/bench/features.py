@@ -18,13 +18,12 @@ import numpy as np
 import torch
 from transformers import WhisperFeatureExtractor
 
-from mmtune.audio.features import log_mel_spectrogram, num_frames
+from mmtune.audio.features import MAX_FRAMES, log_mel_spectrogram, num_frames
 from mmtune.audio.io import SAMPLE_RATE
 from mmtune.bench.report import check_device
 
 MEDIAN_SECONDS = 4.0  # s, median duration of the log-normal clip mix
 LOG_SIGMA = 0.7  # spread of log(duration), natural log units
-EXTRACTOR_FRAMES = 3000  # frames the extractor returns per clip (30 s)
 
 
 def run(num_clips=64, seconds=(1, 20), seed=0, device="cpu", n_mels=80, repeats=3, threads=1) -> dict:
@@ -77,7 +76,7 @@ def speech_like(n: int, rng: np.random.Generator) -> np.ndarray:
 def shared_frames(n_samples: int) -> int:
     """Frames both paths compute for a clip: ours has n // 160; the extractor's 30 s cut changes
     its frame 2999 (it reflects there, we read zeros past the clip), so at most 2999."""
-    return min(num_frames(n_samples), EXTRACTOR_FRAMES - 1)
+    return min(num_frames(n_samples), MAX_FRAMES - 1)  # the extractor returns MAX_FRAMES per clip
 
 
 def max_abs_diff(ours: np.ndarray, theirs: np.ndarray, lengths: list[int]) -> float:

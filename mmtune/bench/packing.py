@@ -27,6 +27,7 @@ import torch
 
 from mmtune.bench.report import check_device, machine, peak_flops, timed, torch_threads
 from mmtune.collators import collate_packed, collate_padded
+from mmtune.audio.features import FRAMES_PER_SECOND
 from mmtune.config import LLMConfig, LoraConfig, ModelConfig, ProjectorConfig, TowerConfig
 from mmtune.data.example import IGNORE_INDEX, Example, to_device
 from mmtune.data.sampler import length_grouped_batches, padding_stats, shuffled_batches, token_budget_batches
@@ -34,7 +35,6 @@ from mmtune.model.build import build_model
 from mmtune.model.placeholders import num_audio_tokens, num_image_tokens
 from mmtune.model.tokenizer import save_tokenizer, train_tokenizer
 
-MEL_FRAMES_PER_S = 100  # Whisper log-mel: 10 ms hop
 AUDIO_MEDIAN_S, AUDIO_SIGMA, AUDIO_RANGE_S = 4.0, 0.7, (1.0, 20.0)  # clip durations, s (log-normal)
 TRANSCRIPT_TOKENS_PER_S = 3.5  # ~2.7 words/s of speech at ~1.3 tokens/word
 MIX = {"audio": 0.5, "image": 0.25, "text": 0.25}  # share of samples of each kind
@@ -155,7 +155,7 @@ def make_examples(n: int, model, p: dict, seed: int) -> list[Example]:
         audio, images, media = [], [], []
         if kind == "audio":
             seconds = float(np.clip(rng.lognormal(math.log(AUDIO_MEDIAN_S), AUDIO_SIGMA), *AUDIO_RANGE_S))
-            frames = int(seconds * MEL_FRAMES_PER_S)
+            frames = int(seconds * FRAMES_PER_SECOND)
             audio = [torch.from_numpy(rng.standard_normal((p["whisper"]["num_mel_bins"], frames), np.float32))]
             media = [model.token_ids["audio"]] * num_audio_tokens(frames, p["stack"])
             prompt, answer = text(rng.integers(6, 20)), text(seconds * TRANSCRIPT_TOKENS_PER_S + 2)

@@ -1,7 +1,11 @@
-"""`mmtune data check`: read every row of a manifest and its media, and say what is wrong where.
+"""`mmtune data check`: read every row of a data source and its media, and say what is wrong where.
 
-    report = check_manifest("data/train.jsonl", encoder=None)   # encoder: token lengths too
+    report = check_data("data/train.jsonl", encoder=None)   # encoder: the length index too
     print(format_report(report)); exit(1 if report.bad else 0)
+
+With an encoder the check builds (or reads back) the same cached length index training uses, so
+token lengths and over-length rows are the ones training sees, and a later `mmtune train` starts
+at once. Then every clip and image is decoded (in worker processes), unless `decode=False`.
 """
 
 from dataclasses import dataclass, field
@@ -9,9 +13,11 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from mmtune.audio.io import SAMPLE_RATE, load_audio
-from mmtune.data.dataset import SampleEncoder
-from mmtune.data.formats import read_manifest
-from mmtune.errors import DataError, MediaError
+from mmtune.config import DataConfig
+from mmtune.data.encode import SampleEncoder, named, one_thread
+from mmtune.data.index import CHUNK_ROWS, index_folder, load_index, map_chunks
+from mmtune.data.sources import open_source, read_sample
+from mmtune.errors import DataError
 from mmtune.vision.io import load_image
 
 
@@ -28,43 +34,78 @@ class CheckReport:
     token_lengths: list[int] = field(default_factory=list)
     over_length: list[str] = field(default_factory=list)  # sources of rows over data.max_length (dropped or cut)
     truncated: list[str] = field(default_factory=list)  # those of them cut in text (truncation: text), still good
+    index_cached: bool = False
 
 
-def check_manifest(path: str, encoder: SampleEncoder | None = None, instruction: str = "Transcribe the audio.",
-                   progress: bool = True) -> CheckReport:
-    """Decode every row's media (and encode it when `encoder` is given), collecting every problem."""
-    system = None
-    if encoder is not None:  # read rows as training does, so token lengths are the ones training sees
-        instruction, system = encoder.data.instruction, encoder.data.system
-    samples, bad = read_manifest(path, instruction, system, on_bad="skip")
-    report = CheckReport(path, rows=len(samples) + len(bad), bad=list(bad))
-    for sample in tqdm(samples, desc=f"checking {path}", unit="row", disable=not progress, leave=False):
-        try:
-            _check_media(sample, report)
-            if encoder is not None:
-                report.token_lengths.append(len(encoder(sample)))
-                if sample.source in encoder.truncated:
-                    report.over_length.append(sample.source)
-                    report.truncated.append(sample.source)
-            report.good += 1
-        except MediaError as e:
-            report.bad.append(DataError(sample.source, str(e)))
-        except DataError as e:
-            report.bad.append(DataError(sample.source, e.reason))
-            if e.reason.startswith("over-length"):
-                report.over_length.append(sample.source)
+def check_data(path: str, encoder: SampleEncoder | None = None, data: DataConfig | None = None,
+               decode: bool = True, progress: bool = True) -> CheckReport:
+    """Every row of `path` (and its media decoded, unless decode=False), every problem collected."""
+    data = data or (encoder.data if encoder is not None else DataConfig())
+    report = CheckReport(path)
+    if encoder is not None:
+        index, source = load_index(path, encoder, data, data.num_workers, progress)
+        rows = index.rows.tolist()
+        report.rows, report.index_cached = index.source_rows, index.cached
+        report.bad = list(index.skipped)
+        report.over_length = [e.source for e in index.skipped if e.reason.startswith("over-length")]
+        report.truncated = [source.label(r) for r, cut in zip(rows, index.truncated.tolist()) if cut]
+        report.over_length += report.truncated
+        report.token_lengths = index.tokens.tolist()
+    else:
+        source = open_source(path, index_folder(path), data.columns)
+        rows = list(range(len(source)))
+        report.rows = len(source)
+    if decode or encoder is None:
+        _decode_all(source, rows, data, report, progress)
+    report.good = report.rows - len(report.bad)
     report.bad.sort(key=_line_of)
     return report
 
 
-def _check_media(sample, report: CheckReport) -> None:
+def _decode_all(source, rows: list[int], data: DataConfig, report: CheckReport, progress: bool) -> None:
+    """Decode every clip and image of `rows` in data.num_workers processes; collect sizes and errors."""
+    chunks = [rows[a: a + CHUNK_ROWS] for a in range(0, len(rows), CHUNK_ROWS)]
+    bar = tqdm(total=len(rows), desc=f"checking {source.path}", unit="row", disable=not progress, leave=False)
+    for part in map_chunks(_decode_chunk, (source, data.instruction, data.system), chunks, data.num_workers, bar):
+        _merge(report, part)
+
+
+def _merge(report: CheckReport, part) -> None:
+    seconds, sizes, errors, _ = part
+    known = {e.source for e in report.bad}
+    report.audio_seconds += seconds
+    report.image_sizes += sizes
+    report.audio_clips += len(seconds)
+    report.images += len(sizes)
+    report.bad += [e for e in errors if e.source not in known]
+
+
+def _decode_chunk(job, rows: list[int]):
+    """-> (clip seconds, image sizes, DataErrors, rows done) for one chunk of rows."""
+    source, instruction, system = job
+    seconds, sizes, errors = [], [], []
+    with one_thread():
+        for r in rows:
+            try:
+                sample = read_sample(source, r, instruction, system)
+                with named(sample.source):
+                    row_seconds, row_sizes = _media_sizes(sample)
+            except DataError as e:
+                errors.append(e)
+                continue
+            seconds += row_seconds
+            sizes += row_sizes
+    return seconds, sizes, errors, len(rows)
+
+
+def _media_sizes(sample) -> tuple[list[float], list[tuple[int, int]]]:
+    seconds, sizes = [], []
     for part in (p for m in sample.messages for p in m["content"]):
         if part["type"] == "audio":
-            report.audio_seconds.append(len(load_audio(part["path"])) / SAMPLE_RATE)
-            report.audio_clips += 1
+            seconds.append(len(load_audio(part["path"], SAMPLE_RATE, part.get("bytes"))) / SAMPLE_RATE)
         elif part["type"] == "image":
-            report.image_sizes.append(load_image(part["path"]).size)
-            report.images += 1
+            sizes.append(load_image(part["path"], data=part.get("bytes")).size)
+    return seconds, sizes
 
 
 def _line_of(error: DataError) -> int:

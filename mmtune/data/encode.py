@@ -1,133 +1,236 @@
-"""Chat encoding: a conversation -> (input_ids, labels) with placeholders expanded.
+"""One Sample -> one Example: load media, features, augmentation, the chat rendered with labels.
 
-    ids, labels = render_conversation(tokenizer, messages, counts)
+    spec = MediaSpec.from_config(cfg.model, cfg.data)
+    encoder = SampleEncoder(tokenizer, spec, cfg.data, train=True, seed=cfg.train.seed)
+    example = encoder(sample, epoch=0, row=17)     # decoded, augmented, tokenized
+    length = encoder.measure(sample)                # the same token count from file headers, no decode
 
-The tokenizer's own chat template renders the text (media parts become `<|audio|>` /
-`<|image|>`); each assistant turn is found as the text its template adds after the generation
-prompt. Trained tokens: the assistant text plus its end-of-turn token, of every assistant turn
-(`train_on="all"`) or of the last one (`"last"`). Each placeholder then becomes exactly the
-number of tokens its encoder gives (`mmtune.model.placeholders`).
+Training draws (speed factor, noise, SpecAugment masks) derive from (seed, epoch, row) alone, so
+an example is the same in any DataLoader worker, in any process, and after a resume: the encoder
+keeps no random state, and `state_dict()` is just the seed the draws derive from.
+Errors are DataErrors naming the sample's row.
 """
 
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+from transformers import AutoConfig
 
-from mmtune.data.example import IGNORE_INDEX
-from mmtune.errors import DataError
-from mmtune.model.placeholders import PLACEHOLDERS
-
-# end-of-turn tokens of common templates; the tokenizer's eos is always one
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
-
-
-def text_messages(messages: list[dict]) -> list[dict]:
-    """Content parts -> one string per message, media as placeholder tokens (one part per line)."""
-    out = []
-    for m in messages:
-        pieces = [p["text"] if p["type"] == "text" else PLACEHOLDERS[p["type"]] for p in m["content"]]
-        out.append({"role": m["role"], "content": "\n".join(pieces)})
-    return out
+from mmtune.audio.augment import add_noise, spec_augment, speed_perturb
+from mmtune.audio.features import HOP_LENGTH, MAX_FRAMES, log_mel_spectrogram
+from mmtune.audio.io import SAMPLE_RATE, load_audio, num_samples
+from mmtune.config import DataConfig, ModelConfig
+from mmtune.data.chat import render_conversation, render_prompt, truncate
+from mmtune.data.example import IGNORE_INDEX, Example
+from mmtune.data.formats import Sample
+from mmtune.errors import DataError, MediaError
+from mmtune.model.placeholders import PLACEHOLDERS, num_audio_tokens, num_image_tokens
+from mmtune.vision.io import load_image
+from mmtune.vision.preprocess import ImageSpec, preprocess_image
 
 
-def end_of_turn_ids(tokenizer) -> set[int]:
-    vocab = tokenizer.get_vocab()
-    ids = {vocab[t] for t in END_OF_TURN if t in vocab}
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
+@dataclass
+class MediaSpec:
+    """What the model's towers need from the data step (read from configs, no weights loaded)."""
+
+    n_mels: int | None = None  # None: the model has no audio tower
+    audio_stack: int = 1
+    image: ImageSpec | None = None  # None: the model has no vision tower
+    image_tokens: int = 0
+    image_resize: str = "crop"
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, data: DataConfig) -> "MediaSpec":
+        spec = cls(image_resize=data.image_resize)
+        if model.audio is not None:
+            audio = model.audio.config or AutoConfig.from_pretrained(model.audio.path).to_dict()
+            spec.n_mels = int(audio.get("num_mel_bins", 80))
+            spec.audio_stack = model.audio.projector.stack
+        if model.vision is not None:
+            vision = model.vision.config or _vision_config(model.vision.path)
+            default = ImageSpec.siglip if "siglip" in vision.get("model_type", "") else ImageSpec.clip
+            size = int(vision["image_size"])
+            spec.image = ImageSpec.from_pretrained(model.vision.path, default(size)) if model.vision.path else default(size)
+            spec.image_tokens = num_image_tokens(size, int(vision["patch_size"]))
+        return spec
 
 
-def _template(tokenizer, messages, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def _vision_config(path: str) -> dict:
+    config = AutoConfig.from_pretrained(path)
+    return (getattr(config, "vision_config", None) or config).to_dict()
 
 
-def chat_segments(tokenizer, messages: list[dict], train_on: str = "all") -> list[tuple[str, bool]]:
-    """The rendered conversation as (text, is_assistant_answer) pieces, in order."""
-    chat = text_messages(messages)
-    answers = [i for i, m in enumerate(chat) if m["role"] == "assistant"]
-    trained = set(answers if train_on == "all" else answers[-1:])
-    segments, done = [], ""
-    for i in answers:
-        prompt = _template(tokenizer, chat[:i], generation_prompt=True)
-        full = _template(tokenizer, chat[: i + 1], generation_prompt=False)
-        if not (prompt.startswith(done) and full.startswith(prompt)):
-            raise DataError("", "the chat template does not render turns as a growing prefix, so mmtune cannot "
-                                "find the assistant tokens; set model.llm.chat_template to one that does")
-        segments += [(prompt[len(done):], False), (full[len(prompt):], i in trained)]
-        done = full
-    rest = _template(tokenizer, chat, generation_prompt=False)[len(done):]
-    return [s for s in segments + [(rest, False)] if s[0]]
+@dataclass
+class Measure:
+    """A sample's sizes as the index keeps them, from headers (no decode)."""
+
+    tokens: int  # input length, placeholders expanded (the longest speed variant)
+    supervised: int  # supervised tokens
+    audio_seconds: float  # summed clip durations at speed 1.0
+    audio: int  # clips
+    images: int
+    truncated: bool  # cut to data.max_length in text (truncation: text)
 
 
-def _answer_labels(ids: list[int], eot: set[int]) -> list[int]:
-    """Supervise the answer up to and including its last end-of-turn token (not the newline after)."""
-    ends = [k for k, t in enumerate(ids) if t in eot]
-    stop = ends[-1] + 1 if ends else len(ids)
-    return ids[:stop] + [IGNORE_INDEX] * (len(ids) - stop)
+class SampleEncoder:
+    """One Sample -> one Example; raises DataError naming the sample's row."""
+
+    def __init__(self, tokenizer, spec: MediaSpec, data: DataConfig, train: bool = False, seed: int = 0):
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.data = data
+        self.train = train
+        self.seed = seed
+        self.placeholder_ids = {tokenizer.convert_tokens_to_ids(t): m for m, t in PLACEHOLDERS.items()}
+        aug = data.augment
+        self.speeds = sorted({float(f) for f in aug.speed}) if train and aug.speed else [1.0]
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = int(state["seed"])
+
+    def __call__(self, sample: Sample, epoch: int = 0, row: int = 0) -> Example:
+        """The training (or eval) example; a training draw's randomness derives from (seed, epoch, row)."""
+        rng = np.random.default_rng([self.seed, epoch, row]) if self.train else None
+        with named(sample.source):
+            audio = [self.audio_features(p, rng) for p in _parts(sample.messages, "audio")]
+            images = [self.image_pixels(p) for p in _parts(sample.messages, "image")]
+            counts = {"audio": [num_audio_tokens(a.shape[-1], self.spec.audio_stack) for a in audio],
+                      "image": [self.spec.image_tokens] * len(images)}
+            ids, labels, runs, _ = self._render(sample, counts)
+        if self.train and self.data.augment.spec_augment:
+            audio = self._mask(audio, rng)
+        return Example(ids, labels, audio[: runs["audio"]], images[: runs["image"]], sample.source)
+
+    def measure(self, sample: Sample) -> Measure:
+        """The sizes `__call__` gives, from file headers and the tokenizer alone (no media decoded)."""
+        with named(sample.source):
+            clips = [self._clip_samples(p) for p in _parts(sample.messages, "audio")]
+            images = _parts(sample.messages, "image")
+            for part in images:
+                self._check_image_ref(part)
+            frames = [max(_frames(n, f) for f in self.usable_speeds(n)) for n in clips]
+            counts = {"audio": [num_audio_tokens(t, self.spec.audio_stack) for t in frames],
+                      "image": [self.spec.image_tokens] * len(images)}
+            ids, labels, runs, truncated = self._render(sample, counts)
+        return Measure(len(ids), int((labels != IGNORE_INDEX).sum()), sum(clips) / SAMPLE_RATE, runs["audio"],
+                       runs["image"], truncated)
+
+    def prompt(self, sample: Sample) -> Example:
+        """The sample as a generation prompt (its last assistant turn, if any, left out); labels empty."""
+        messages = sample.messages[:-1] if sample.messages[-1]["role"] == "assistant" else sample.messages
+        with named(sample.source):
+            audio = [self.audio_features(p) for p in _parts(messages, "audio")]
+            images = [self.image_pixels(p) for p in _parts(messages, "image")]
+            counts = {"audio": [num_audio_tokens(a.shape[-1], self.spec.audio_stack) for a in audio],
+                      "image": [self.spec.image_tokens] * len(images)}
+            ids = render_prompt(self.tokenizer, messages, counts)
+        return Example(ids, torch.full_like(ids, IGNORE_INDEX), audio, images, sample.source)
+
+    def _render(self, sample: Sample, counts: dict):
+        """-> input_ids (T,), labels (T,), media kept {"audio": k, "image": m}, whether the text was cut."""
+        ids, labels = render_conversation(self.tokenizer, sample.messages, counts, self.data.train_on)
+        if labels.ne(IGNORE_INDEX).sum() == 0:
+            raise DataError("", "no supervised token: the assistant answers rendered to nothing")
+        if len(ids) <= self.data.max_length:
+            return ids, labels, {m: len(c) for m, c in counts.items()}, False
+        reason = (f"over-length: {len(ids)} tokens (media included) > data.max_length={self.data.max_length}; "
+                  f"raise max_length or shorten the sample")
+        if self.data.truncation == "drop":
+            raise DataError("", reason)
+        cut = truncate(ids, labels, self.data.max_length, set(self.placeholder_ids))
+        if cut is None:
+            raise DataError("", reason + " (truncating the text would leave no supervised token)")
+        ids, labels, runs = cut
+        return ids, labels, {self.placeholder_ids[pid]: n for pid, n in runs.items()}, True
+
+    def usable_speeds(self, n_samples: int) -> list[float]:
+        """Speed factors a clip of n samples may be drawn at: those that keep it within 30 s (1.0 always)."""
+        fit = [f for f in self.speeds if _frames(n_samples, f) <= MAX_FRAMES]
+        return fit or [1.0]
+
+    def audio_features(self, part: dict, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """A clip part -> log-mel (n_mels, frames); with `rng` (training) speed and noise are drawn."""
+        if self.spec.n_mels is None:
+            raise DataError("", "the sample has audio but the model has no audio tower: add model.audio")
+        wave = load_audio(part["path"], SAMPLE_RATE, part.get("bytes"))  # (n,)
+        aug = self.data.augment
+        if rng is not None and len(self.speeds) > 1:
+            speeds = self.usable_speeds(len(wave))
+            wave = speed_perturb(wave, float(speeds[int(rng.integers(len(speeds)))]))
+        if rng is not None and aug.noise_snr_db is not None:
+            wave = add_noise(wave, aug.noise_snr_db, rng)
+        features = log_mel_spectrogram(wave, n_mels=self.spec.n_mels)  # (n_mels, frames)
+        _check_frames(part["path"], features.shape[-1])
+        return features
+
+    def _clip_samples(self, part: dict) -> int:
+        if self.spec.n_mels is None:
+            raise DataError("", "the sample has audio but the model has no audio tower: add model.audio")
+        n = num_samples(part["path"], SAMPLE_RATE, part.get("bytes"))
+        _check_frames(part["path"], n // HOP_LENGTH)
+        return n
+
+    def _check_image_ref(self, part: dict) -> None:
+        if self.spec.image is None:
+            raise DataError("", "the sample has an image but the model has no vision tower: add model.vision")
+        if part.get("bytes") is None and not os.path.isfile(part["path"]):
+            raise MediaError(f"image file not found: {part['path']}")
+
+    def _mask(self, audio: list[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
+        """SpecAugment on each clip, from a torch generator seeded by this draw's rng."""
+        aug = self.data.augment
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        return [spec_augment(a, aug.num_masks, aug.freq_mask, aug.time_mask, generator) for a in audio]
+
+    def image_pixels(self, part: dict) -> torch.Tensor:
+        if self.spec.image is None:
+            raise DataError("", "the sample has an image but the model has no vision tower: add model.vision")
+        image = load_image(part["path"], data=part.get("bytes"))
+        return preprocess_image(image, self.spec.image, self.spec.image_resize)  # (3, S, S)
 
 
-def render_conversation(tokenizer, messages: list[dict], counts: dict[str, list[int]],
-                        train_on: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
-    """-> input_ids (T,), labels (T,); counts["audio"][k] is the token count of the k-th clip."""
-    eot = end_of_turn_ids(tokenizer)
-    ids: list[int] = []
-    labels: list[int] = []
-    for text, trained in chat_segments(tokenizer, messages, train_on):
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids += piece
-        labels += _answer_labels(piece, eot) if trained else [IGNORE_INDEX] * len(piece)
-    ids, labels = expand_placeholders(tokenizer, ids, labels, counts)
-    return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+def _parts(messages: list[dict], kind: str) -> list[dict]:
+    return [p for m in messages for p in m["content"] if p["type"] == kind]
 
 
-def render_prompt(tokenizer, messages: list[dict], counts: dict[str, list[int]]) -> torch.Tensor:
-    """A generation prompt: the conversation up to (not including) its last assistant turn, if any,
-    then the template's generation prompt -> input_ids (T,), placeholders expanded."""
-    if messages and messages[-1]["role"] == "assistant":
-        messages = messages[:-1]
-    text = _template(tokenizer, text_messages(messages), generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    ids, _ = expand_placeholders(tokenizer, ids, ids, counts)
-    return torch.tensor(ids, dtype=torch.long)
+def _frames(n_samples: int, speed: float) -> int:
+    """Mel frames of a clip of n samples played `speed` times faster (speed_perturb's length rule)."""
+    n = math.ceil(n_samples * SAMPLE_RATE / (SAMPLE_RATE * speed)) if speed != 1.0 else n_samples
+    return n // HOP_LENGTH
 
 
-def expand_placeholders(tokenizer, ids, labels, counts: dict[str, list[int]]):
-    """Repeat the k-th placeholder of each modality counts[modality][k] times (never supervised)."""
-    token_ids = {tokenizer.convert_tokens_to_ids(tok): modality for modality, tok in PLACEHOLDERS.items()}
-    seen = {modality: 0 for modality in PLACEHOLDERS}
-    out_ids, out_labels = [], []
-    for t, label in zip(ids, labels):
-        modality = token_ids.get(t)
-        if modality is None:
-            out_ids.append(t)
-            out_labels.append(label)
-            continue
-        k = seen[modality]
-        if k >= len(counts.get(modality, [])):
-            raise DataError("", f"the rendered text has more {modality} placeholders than {modality} inputs; "
-                                f"does the chat template or the text repeat {PLACEHOLDERS[modality]}?")
-        out_ids += [t] * counts[modality][k]
-        out_labels += [IGNORE_INDEX] * counts[modality][k]
-        seen[modality] += 1
-    for modality, n in seen.items():
-        if n != len(counts.get(modality, [])):
-            raise DataError("", f"the rendered text has {n} {modality} placeholders for "
-                                f"{len(counts.get(modality, []))} {modality} inputs; the chat template dropped some")
-    return out_ids, out_labels
+def _check_frames(path: str, frames: int) -> None:
+    if frames == 0:
+        raise MediaError(f"audio file {path} is shorter than one 10 ms frame")
+    if frames > MAX_FRAMES:
+        raise MediaError(f"audio file {path} is {frames / 100:.1f} s long; the encoder takes at "
+                         f"most 30 s: split it into shorter clips")
 
 
-def truncate(ids: torch.Tensor, labels: torch.Tensor, max_length: int, placeholder_ids: set[int]):
-    """Cut the text at max_length, moving the cut back to the start of a placeholder run it would split.
+@contextmanager
+def named(source: str):
+    """Re-raise a MediaError or DataError from encoding one sample as a DataError naming its row."""
+    try:
+        yield
+    except MediaError as e:
+        raise DataError(source, str(e)) from None
+    except DataError as e:
+        raise DataError(source, e.reason) from None
 
-    -> (ids, labels, runs) with runs[token_id] = placeholder runs kept (the media lists are cut to
-    match), or None when no supervised token is left.
-    """
-    cut = max_length
-    if cut < len(ids) and int(ids[cut]) in placeholder_ids:
-        while cut > 0 and int(ids[cut - 1]) == int(ids[cut]):
-            cut -= 1  # inside a run: keep none of it
-    ids, labels = ids[:cut], labels[:cut]
-    if not bool((labels != IGNORE_INDEX).any()):
-        return None
-    previous = torch.cat([ids.new_full((1,), -1), ids[:-1]])
-    runs = {pid: int(((ids == pid) & (previous != pid)).sum()) for pid in placeholder_ids}
-    return ids, labels, runs
+
+@contextmanager
+def one_thread():
+    """Per-clip feature work is many small ops: torch's thread pool costs 10-100x more than it saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

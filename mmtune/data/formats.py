@@ -13,7 +13,10 @@ Accepted rows (extra keys are ignored):
     LLaVA      {"image": PATH | [PATH, ...], "conversations": [{"from": "human", "value": "<image>\\n..."}, ...]}
                in a `.json` list or as `.jsonl` rows
 Relative media paths resolve against the manifest's folder; whether the files exist is checked
-when media is loaded, not here. Each bad row is a `DataError` whose source is "file.jsonl:LINE"
+when media is loaded, not here. Where rows come from a Hugging Face dataset or a tar shard, a
+media value may also be the file's bytes as `{"bytes": b"...", "path": "name.flac"}` (the form
+of `datasets`' Audio/Image columns with decode=False); the part then carries "bytes" and its
+"path" only names it. Each bad row is a `DataError` whose source is "file.jsonl:LINE"
 (1-based) or, for a `.json` list, "file.json:#INDEX" (0-based position in the list).
 """
 
@@ -224,11 +227,30 @@ def _part(part, where: str, base: str) -> dict:
         if not isinstance(part.get("text"), str):
             raise DataError("", f'{where} (text) has no string \'text\'; write {{"type": "text", "text": "..."}}')
         return {"type": "text", "text": part["text"]}
+    if part.get("bytes") is not None:
+        return media_part(kind, {"bytes": part["bytes"], "path": part.get("path")}, base, where)
     path = part.get("path")
     if not isinstance(path, str) or not path.strip():
         raise DataError("", f"{where} ({kind}) has no 'path'; "
                             f'write {{"type": "{kind}", "path": "relative/or/absolute/file"}}')
-    return {"type": kind, "path": _resolve(path, base)}
+    return media_part(kind, path, base, where)
+
+
+def media_part(kind: str, value, base: str, where: str) -> dict:
+    """A path string, or {"bytes": ..., "path": name} -> a content part of `kind`.
+
+        media_part("audio", "a.flac", "/data", "audio")   # {"type": "audio", "path": "/data/a.flac"}
+        media_part("audio", {"bytes": b"fLaC...", "path": "a.flac"}, "/data", "audio")
+        # {"type": "audio", "path": "a.flac", "bytes": b"fLaC..."}
+    """
+    if isinstance(value, str) and value.strip():
+        return {"type": kind, "path": _resolve(value, base)}
+    if isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)) and value["bytes"]:
+        return {"type": kind, "path": str(value.get("path") or f"<{kind} bytes>"), "bytes": bytes(value["bytes"])}
+    if isinstance(value, dict) and isinstance(value.get("path"), str) and value["path"].strip():
+        return {"type": kind, "path": _resolve(value["path"], base)}
+    raise DataError("", f"{where} must be a path string or {{\"bytes\": ..., \"path\": ...}} with the file's "
+                        f"bytes, got {_json_type(value) if not isinstance(value, dict) else 'an object without either'}")
 
 
 def _resolve(path: str, base: str) -> str:
@@ -240,14 +262,14 @@ def _resolve(path: str, base: str) -> str:
 
 def _asr_messages(row: dict, base: str, instruction: str) -> list[dict]:
     audio, text = row.get("audio"), row.get("text")
-    if not isinstance(audio, str) or not audio.strip():
+    if not (isinstance(audio, str) and audio.strip()) and not isinstance(audio, dict):
         raise DataError("", f"ASR row needs 'audio' as a path string beside 'text', e.g. {ASR_EXAMPLE}")
     if not isinstance(text, str):
         raise DataError("", f"ASR row needs 'text' as the transcript string beside 'audio', e.g. {ASR_EXAMPLE}")
     prompt = row.get("instruction", instruction)
     if not isinstance(prompt, str):
         raise DataError("", "'instruction' must be a string (the prompt placed after the audio)")
-    user = [{"type": "audio", "path": _resolve(audio, base)}]
+    user = [media_part("audio", audio, base, "'audio'")]
     user += [{"type": "text", "text": prompt}] if prompt else []
     return [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
@@ -260,7 +282,7 @@ def _llava_messages(row: dict, base: str) -> list[dict]:
     if not isinstance(turns, list) or not turns:
         raise DataError("", "'conversations' must be a non-empty list of "
                             '{"from": "human"|"gpt", "value": "..."} objects')
-    images = [_resolve(p, base) for p in _llava_images(row)]
+    images = [media_part("image", p, base, "'image'") for p in _llava_images(row)]
     messages = [_llava_turn(t, f"conversations[{i}]") for i, t in enumerate(turns)]
     _check_image_tags(messages, len(images))
     images_left = iter(images)
@@ -269,10 +291,11 @@ def _llava_messages(row: dict, base: str) -> list[dict]:
     return messages
 
 
-def _llava_images(row: dict) -> list[str]:
+def _llava_images(row: dict) -> list:
     images = row.get("image", [])
-    images = [images] if isinstance(images, str) else images
-    if not isinstance(images, list) or not all(isinstance(p, str) and p.strip() for p in images):
+    images = [] if images is None else [images] if isinstance(images, (str, dict)) else images
+    if not isinstance(images, list) or not all((isinstance(p, str) and p.strip()) or isinstance(p, dict)
+                                               for p in images):
         raise DataError("", "'image' must be a path string or a list of path strings")
     return images
 
@@ -300,7 +323,7 @@ def _check_image_tags(messages: list[dict], n_images: int) -> None:
                         f"give one '{LLAVA_TAG}' per image, in order")
 
 
-def _split_image_tags(text: str, images: Iterator[str]) -> list[dict]:
+def _split_image_tags(text: str, images: Iterator[dict]) -> list[dict]:
     """"<image>\\nWhat is it?" -> [image part, text part "What is it?"]; the i-th tag gets the i-th image."""
     pieces = text.split(LLAVA_TAG)
     parts = []
@@ -310,7 +333,7 @@ def _split_image_tags(text: str, images: Iterator[str]) -> list[dict]:
         if piece.strip() or len(pieces) == 1:
             parts.append({"type": "text", "text": piece})
         if k < len(pieces) - 1:
-            parts.append({"type": "image", "path": next(images)})
+            parts.append(next(images))
     return parts
 
 

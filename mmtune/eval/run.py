@@ -16,9 +16,10 @@ from tqdm.auto import tqdm
 
 from mmtune.collators.padded import collate_padded
 from mmtune.data.dataset import MultimodalDataset
-from mmtune.data.formats import Sample
-from mmtune.eval.metrics import cer, error_counts, exact_match, normalize_text, wer
 from mmtune.data.example import to_device
+from mmtune.data.formats import Sample
+from mmtune.data.loader import BatchKey, Draws, draw_batches
+from mmtune.eval.metrics import cer, error_counts, exact_match, normalize_text, wer
 from mmtune.infer.generate import eval_mode, generate, length_batches, model_device
 
 METRICS = ("loss", "wer", "cer", "accuracy")
@@ -28,41 +29,67 @@ GENERATION_METRICS = {"wer": wer, "cer": cer, "accuracy": exact_match}
 def evaluate(model, tokenizer, dataset: MultimodalDataset, metrics=("loss", "wer", "cer", "accuracy"),
              max_new_tokens: int = 32, batch_size: int = 16, max_samples: int | None = None,
              progress: bool = True) -> tuple[dict, list[dict]]:
-    """-> ({metric: value, "num_samples": N}, per-sample records; empty when no generation metric)."""
+    """-> ({metric: value, "num_samples": N}, per-sample records; empty when no generation metric).
+
+    Samples are encoded batch by batch (in data.num_workers processes), never all at once.
+    """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown eval metric(s) {unknown}; choose from {', '.join(METRICS)}")
     if dataset.encoder.train:
         raise ValueError("evaluate needs a dataset built with train=False (no augmentation)")
-    n = len(dataset.examples) if max_samples is None else min(max_samples, len(dataset.examples))
+    n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
+    keys = [BatchKey(0, tuple(b)) for b in length_batches(dataset.lengths[:n], batch_size)]
     results: dict = {}
     if "loss" in metrics:
-        results["loss"] = eval_loss(model, dataset.examples[:n], tokenizer.pad_token_id, batch_size, progress)
+        results["loss"] = eval_loss(model, dataset, keys, tokenizer.pad_token_id, progress)
     records = []
     if any(m in GENERATION_METRICS for m in metrics):
-        samples = dataset.samples[:n]
-        prompts = [dataset.encoder.prompt(s) for s in samples]
-        predictions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, progress=progress)
-        records = prediction_records(samples, predictions)
-        references = [r["reference"] for r in records]
+        records = generate_records(model, tokenizer, dataset, keys, max_new_tokens, batch_size, progress)
+        references, predictions = [r["reference"] for r in records], [r["prediction"] for r in records]
         for name in (m for m in metrics if m in GENERATION_METRICS):
             results[name] = GENERATION_METRICS[name](references, predictions)
-    results["num_samples"] = n
+    results["num_samples"] = len(records) if records else n
     return results, records
 
 
-def eval_loss(model, examples, pad_token_id: int, batch_size: int = 16, progress: bool = False) -> float:
+def _drawn(dataset: MultimodalDataset, keys: list[BatchKey], mode: str, pad_token_id: int, desc: str,
+           progress: bool):
+    """The drawn batches of `keys` (mode "train": padded batches; "prompt": lists of prompts), with a bar."""
+    data = dataset.encoder.data
+    draws = Draws(dataset, collate_padded if mode == "train" else None, pad_token_id, mode=mode,
+                  on_bad=data.on_bad_sample, workers=data.num_workers)
+    items = draw_batches(draws, keys, data)
+    return tqdm(items, total=len(keys), desc=desc, unit="batch", disable=not progress, leave=False)
+
+
+def eval_loss(model, dataset: MultimodalDataset, keys: list[BatchKey], pad_token_id: int,
+              progress: bool = False) -> float:
     """Summed token loss over every supervised token / their count, from padded batches, no grad."""
     loss_sum, num_tokens = 0.0, 0
-    batches = length_batches(examples, batch_size)
     with eval_mode(model):
-        for indices in tqdm(batches, desc="eval loss", unit="batch", disable=not progress, leave=False):
-            batch = collate_padded([examples[i] for i in indices], pad_token_id)
-            out = model(**to_device(batch, model_device(model)))
+        for item in _drawn(dataset, keys, "train", pad_token_id, "eval loss", progress):
+            if item["batch"] is None:
+                continue
+            out = model(**to_device(item["batch"], model_device(model)))
             loss_sum += float(out.loss_sum)
             num_tokens += out.num_tokens
-    return loss_sum / num_tokens
+    return loss_sum / max(num_tokens, 1)
+
+
+def generate_records(model, tokenizer, dataset: MultimodalDataset, keys: list[BatchKey], max_new_tokens: int,
+                     batch_size: int, progress: bool = False) -> list[dict]:
+    """Greedy answers to the samples of `keys`, as prediction records in sample order."""
+    by_sample = {}
+    for item in _drawn(dataset, keys, "prompt", tokenizer.pad_token_id, "generating", progress):
+        prompts = item["batch"] or []
+        answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        kept = {p.source for p in prompts}
+        rows = [k for k in item["rows"] if dataset.label(k) in kept]
+        for k, answer in zip(rows, answers):
+            by_sample[k] = answer
+    order = sorted(by_sample)
+    return prediction_records([dataset.sample(k) for k in order], [by_sample[k] for k in order])
 
 
 def reference(sample: Sample) -> str:

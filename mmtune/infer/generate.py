@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from mmtune.collators.padded import check_examples, collate_media
 from mmtune.config import DataConfig
-from mmtune.data.dataset import MediaSpec, SampleEncoder
-from mmtune.data.encode import end_of_turn_ids
+from mmtune.data.chat import end_of_turn_ids
+from mmtune.data.encode import MediaSpec, SampleEncoder
 from mmtune.data.example import Example, to_device
 from mmtune.data.formats import Sample
 from mmtune.model.checkpoint import load_checkpoint
@@ -67,11 +67,14 @@ def eval_mode(model):
         model.train(was_training)
 
 
-def length_batches(examples: list[Example], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length, longest first."""
+def length_batches(lengths, batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first.
+        length_batches([3, 9, 5], 2)  # [[1, 2], [0]]
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]))
+    lengths = [int(n) for n in lengths]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[k: k + batch_size] for k in range(0, len(order), batch_size)]
 
 
@@ -91,7 +94,7 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int = 32
     if do_sample:
         options.update(temperature=temperature, top_p=top_p)
     answers: list[str] = [""] * len(examples)
-    batches = length_batches(examples, batch_size)
+    batches = length_batches([len(e) for e in examples], batch_size)
     with eval_mode(model), _seeded(seed, model_device(model)):
         for indices in tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False):
             batch = to_device(collate_prompts([examples[i] for i in indices], tokenizer.pad_token_id),
@@ -173,9 +176,9 @@ class Predictor:
         if kind not in MEDIA_KINDS:
             raise ValueError(f"media kind must be one of {MEDIA_KINDS}, got {kind!r}")
         if kind == "audio":
-            self.encoder.audio_features(path)
+            self.encoder.audio_features({"path": path})
         else:
-            self.encoder.image_pixels(path)
+            self.encoder.image_pixels({"path": path})
 
     def answer(self, prompt: str, media=(), history: list[dict] | None = None, **gen) -> str:
         """One new user turn with `media` ((kind, path) pairs, in order) after `history` -> the

@@ -21,8 +21,11 @@ from tqdm.auto import tqdm
 
 from mmtune.collators import collate_packed, collate_padded
 from mmtune.config import Config, ConfigError, to_dict
-from mmtune.data.dataset import MediaSpec, MultimodalDataset
+from mmtune.data.dataset import MultimodalDataset
+from mmtune.data.encode import MediaSpec
 from mmtune.data.example import IGNORE_INDEX, to_device
+from mmtune.data.loader import Draws, DrawLog, PlanSampler, draw_batches
+from mmtune.data.stream import batch_budget
 from mmtune.errors import MmtuneError
 from mmtune.eval.run import evaluate, write_predictions
 from mmtune.model.build import build_model
@@ -30,7 +33,6 @@ from mmtune.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
 from mmtune.model.plan import describe_parameters
 from mmtune.train.optim import build_optimizer, build_scheduler
 from mmtune.train.state import load_training_state, training_files
-from mmtune.train.stream import BatchStream
 from mmtune.train.report import write_eval_json, write_report
 from mmtune.train.tracker import Tracker, format_progress
 
@@ -57,37 +59,51 @@ def train(cfg: Config) -> dict:
     model, tokenizer = build_model(cfg.model, device=str(accelerator.device))
     if cfg.train.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    spec = MediaSpec.from_config(cfg.model, cfg.data)
-    progress = accelerator.is_main_process
-    train_set = MultimodalDataset.from_manifest(cfg.data.train, tokenizer, spec, cfg.data, train=True,
-                                                seed=cfg.train.seed + accelerator.process_index, progress=progress)
-    eval_set = (MultimodalDataset.from_manifest(cfg.data.eval, tokenizer, spec, cfg.data, train=False,
-                                                progress=progress) if cfg.data.eval else None)
-    _report_data(train_set, eval_set)
-    stream = BatchStream(train_set.lengths, cfg.data, cfg.train.seed)
+    train_set, eval_set = _datasets(cfg, tokenizer, accelerator)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
     model, optimizer = accelerator.prepare(model, optimizer)
-    step = 0
+    step, position = 0, {"epoch": 0, "index": 0}
     if resume_dir is not None:
         load_weights(accelerator.unwrap_model(model), resume_dir / WEIGHTS_FILE)
-        step = load_training_state(resume_dir, optimizer, scheduler, stream, train_set.encoder)["step"]
+        state = load_training_state(resume_dir, optimizer, scheduler, train_set.encoder)
+        step, position = state["step"], state["stream"]
         log.info("resumed from %s at step %d", resume_dir, step)
-    collate = collate_packed if cfg.data.batching == "packed" else collate_padded
-    run = _Run(cfg, accelerator, model, tokenizer, optimizer, scheduler, stream, train_set, eval_set, collate, out)
+    run = _Run(cfg, accelerator, model, tokenizer, optimizer, scheduler, train_set, eval_set, out, position)
     return run.loop(step)
+
+
+def _datasets(cfg: Config, tokenizer, accelerator) -> tuple[MultimodalDataset, MultimodalDataset | None]:
+    """The train and eval datasets; the main process builds (or reads) the index first, the others read it."""
+    spec = MediaSpec.from_config(cfg.model, cfg.data)
+    progress = accelerator.is_main_process
+    with accelerator.main_process_first():
+        train_set = MultimodalDataset.load(cfg.data.train, tokenizer, spec, cfg.data, train=True,
+                                           seed=cfg.train.seed, progress=progress)
+        eval_set = (MultimodalDataset.load(cfg.data.eval, tokenizer, spec, cfg.data, train=False, progress=progress)
+                    if cfg.data.eval else None)
+    _report_data(train_set, eval_set)
+    return train_set, eval_set
 
 
 class _Run:
     """The state of one run, so the loop below reads top to bottom."""
 
-    def __init__(self, cfg, accelerator, model, tokenizer, optimizer, scheduler, stream, train_set, eval_set,
-                 collate, out):
+    def __init__(self, cfg, accelerator, model, tokenizer, optimizer, scheduler, train_set, eval_set, out, position):
         self.cfg, self.acc, self.model, self.tokenizer = cfg, accelerator, model, tokenizer
-        self.optimizer, self.scheduler, self.stream = optimizer, scheduler, stream
-        self.train_set, self.eval_set, self.collate, self.out = train_set, eval_set, collate, out
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.train_set, self.eval_set, self.out = train_set, eval_set, out
         self.last_checkpoint: Path | None = None
         self.records: list[dict] | None = None  # per-sample predictions of the latest evaluation
+        self.position = position  # the batch plan's position after the last micro-batch trained on
+        self.draws = DrawLog()
+        data = cfg.data
+        sampler = PlanSampler(train_set.lengths, data, cfg.train.seed, position, accelerator.process_index,
+                              accelerator.num_processes)
+        collate = collate_packed if data.batching == "packed" else collate_padded
+        draws = Draws(train_set, collate, tokenizer.pad_token_id, batch_budget(train_set.lengths, data),
+                      padded=data.batching == "padded", on_bad=data.on_bad_sample, workers=data.num_workers)
+        self.batches = draw_batches(draws, sampler, data)
 
     def loop(self, start_step: int) -> dict:
         tracker = Tracker(self.out, resume_step=start_step) if self.acc.is_main_process else None
@@ -147,14 +163,14 @@ class _Run:
                          for b in batches)
 
     def _micro_batch(self) -> dict:
-        """The next micro-batch of this process: process r takes every r-th of the global sequence."""
-        for _ in range(self.acc.process_index):
-            self.stream.next()
-        indices = self.stream.next()
-        for _ in range(self.acc.num_processes - self.acc.process_index - 1):
-            self.stream.next()
-        batch = self.collate([self.train_set[i] for i in indices], self.tokenizer.pad_token_id)
-        return to_device(batch, self.acc.device)
+        """The next micro-batch of this process (process r takes every r-th of the global plan); a batch
+        whose every row was skipped is passed over."""
+        while True:
+            item = next(self.batches)
+            self.position = item["after"]
+            self.draws.add(item)
+            if item["batch"] is not None:
+                return to_device(item["batch"], self.acc.device)
 
     def evaluate(self, step: int, tracker) -> dict:
         if self.eval_set is None or not self.acc.is_main_process:
@@ -174,7 +190,7 @@ class _Run:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             folder = self.out / f"{CHECKPOINT_PREFIX}{step}"
-            extra = training_files(step, self.optimizer, self.scheduler, self.stream, self.train_set.encoder)
+            extra = training_files(step, self.optimizer, self.scheduler, self.position, self.train_set.encoder)
             save_checkpoint(self.acc.unwrap_model(self.model), self.tokenizer, self.cfg.model, folder, extra,
                             data=self.cfg.data)
             self.last_checkpoint = folder
@@ -191,7 +207,7 @@ class _Run:
             if self.records is not None:
                 write_predictions(self.records, self.out / "predictions.jsonl")
             write_eval_json(self.out, metrics)
-            extra = {"train_data": self.train_set.stats(), **timing,
+            extra = {"train_data": self.train_set.stats(self.draws.skipped) | self.draws.stats(), **timing,
                      "eval_data": self.eval_set.stats() if self.eval_set else None}
             write_report(self.out, to_dict(self.cfg), metrics, tracker.history(), extra)  # draws curves.png
             log.info("final checkpoint: %s; metrics: %s", final, metrics)

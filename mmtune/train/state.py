@@ -49,23 +49,22 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, meta: dict) -> 
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def rng_state(encoder) -> tuple[bytes, dict]:
-    """Global RNGs (torch, CUDA, Python, NumPy) and the data encoder's augmentation generators."""
-    tensors = {"torch": torch.get_rng_state(), "data_torch": encoder.generator.get_state()}
+def rng_state() -> tuple[bytes, dict]:
+    """Global RNGs (torch, CUDA, Python, NumPy). The data's draws derive from (seed, epoch, row) and
+    keep no generator state of their own."""
+    tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda.{i}"] = s
     py = random.getstate()
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    meta = {"python": [py[0], list(py[1]), py[2]], "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
-            "data_numpy": encoder.rng.bit_generator.state}
+    meta = {"python": [py[0], list(py[1]), py[2]], "numpy": [name, keys.tolist(), pos, has_gauss, gauss]}
     return save(tensors), meta
 
 
-def set_rng_state(path: Path, meta: dict, encoder) -> None:
+def set_rng_state(path: Path, meta: dict) -> None:
     with safe_open(str(path), framework="pt") as f:
         torch.set_rng_state(f.get_tensor("torch"))
-        encoder.generator.set_state(f.get_tensor("data_torch"))
         cuda = sorted(k for k in f.keys() if k.startswith("cuda."))
         if cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([f.get_tensor(k) for k in cuda])
@@ -73,20 +72,21 @@ def set_rng_state(path: Path, meta: dict, encoder) -> None:
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    encoder.rng.bit_generator.state = meta["data_numpy"]
 
 
-def training_files(step: int, optimizer, scheduler, stream, encoder) -> dict[str, bytes | str]:
-    """Everything besides the model that resume needs, as {file name: contents}."""
+def training_files(step: int, optimizer, scheduler, position: dict, encoder) -> dict[str, bytes | str]:
+    """Everything besides the model that resume needs, as {file name: contents}.
+    position: the batch plan's {"epoch", "index"} after the last batch trained on."""
     opt_bytes, opt_meta = optimizer_files(optimizer)
-    rng_bytes, rng_meta = rng_state(encoder)
-    state = {"step": step, "stream": stream.state_dict(), "scheduler": scheduler.state_dict(),
+    rng_bytes, rng_meta = rng_state()
+    state = {"step": step, "stream": position, "encoder": encoder.state_dict(), "scheduler": scheduler.state_dict(),
              "optimizer": opt_meta, "rng": rng_meta}
     return {OPTIMIZER_FILE: opt_bytes, RNG_FILE: rng_bytes, STATE_FILE: json.dumps(state)}
 
 
-def load_training_state(folder: Path, optimizer, scheduler, stream, encoder) -> dict:
-    """Restore optimizer, schedule, data position and RNGs from `folder`; returns the state JSON."""
+def load_training_state(folder: Path, optimizer, scheduler, encoder) -> dict:
+    """Restore optimizer, schedule, the encoder's seed and RNGs from `folder`; returns the state JSON,
+    whose "stream" is the plan position to continue from."""
     missing = [n for n in (STATE_FILE, OPTIMIZER_FILE, RNG_FILE) if not (folder / n).exists()]
     if missing:
         raise CheckpointError(f"{folder} lacks {', '.join(missing)}: it holds a model but no training state, "
@@ -94,6 +94,10 @@ def load_training_state(folder: Path, optimizer, scheduler, stream, encoder) -> 
     state = json.loads((folder / STATE_FILE).read_text())
     load_optimizer(optimizer, folder / OPTIMIZER_FILE, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    stream.load_state_dict(state["stream"])
-    set_rng_state(folder / RNG_FILE, state["rng"], encoder)
+    if "encoder" not in state:
+        raise CheckpointError(f"{folder} was written before data draws derived from (seed, epoch, row); its "
+                              f"augmentation state cannot be continued exactly: start a new run from its weights "
+                              f"with model.init_from={folder}")
+    encoder.load_state_dict(state["encoder"])
+    set_rng_state(folder / RNG_FILE, state["rng"])
     return state

@@ -3,6 +3,7 @@
 Every failure is a `MediaError` whose message names the file and what to do about it.
 """
 
+import io
 import os
 
 import numpy as np
@@ -20,22 +21,23 @@ WHITE_LEVEL = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what Pillow raises on bad bytes
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Read an image file as RGB: EXIF orientation applied, transparency over white, pixels loaded.
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, data: bytes | None = None) -> Image.Image:
+    """Read an image file (or `data`, its bytes; `path` then only names it) as RGB: EXIF orientation
+    applied, transparency over white, pixels loaded.
 
     Returns an `Image.Image` of mode "RGB", size (W, H) as displayed (after EXIF rotation).
     Raises `MediaError` for a missing, corrupt or truncated file, one of more than `max_pixels`
     pixels, or a mode with no sensible RGB conversion.
     """
-    if not os.path.isfile(path):
+    if data is None and not os.path.isfile(path):
         raise MediaError(f"image file not found: {path}")
-    return _to_rgb(_decode(path, max_pixels), path)
+    return _to_rgb(_decode(path, max_pixels, data), path)
 
 
-def _decode(path, max_pixels: int) -> Image.Image:
+def _decode(path, max_pixels: int, data: bytes | None = None) -> Image.Image:
     """Open, check the header's size, decode every pixel and apply the EXIF orientation."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
             _check_pixels(img.size, path, max_pixels)
             img.load()  # decode now, so a truncated file fails here and not in a data worker later
             return ImageOps.exif_transpose(img)  # a new image, independent of the closed file

@@ -8,7 +8,9 @@ import torch
 
 from mmtune.collators import collate_packed, collate_padded
 from mmtune.config import DataConfig
-from mmtune.data.dataset import MediaSpec, MultimodalDataset
+from mmtune.data.dataset import MultimodalDataset
+from mmtune.data.encode import MediaSpec
+from mmtune.data.loader import encode_all
 from mmtune.model import varlen
 from mmtune.model.build import build_model
 from mmtune.model.tokenizer import load_tokenizer
@@ -36,11 +38,10 @@ def mixed_rows(folder):
 def examples(tmp_path_factory, tokenizer_dir):
     folder = tmp_path_factory.mktemp("mixed")
     path = write_manifest(folder, mixed_rows(folder))  # relative media paths: resolved against the manifest
-    data = DataConfig()
+    data = DataConfig(num_workers=0)
     spec = MediaSpec.from_config(tiny_model_config(tokenizer_dir), data)  # the same towers for both LLMs
-    dataset = MultimodalDataset.from_manifest(str(path), load_tokenizer(tokenizer_dir), spec, data, train=False,
-                                              progress=False)
-    out = list(dataset)
+    dataset = MultimodalDataset.load(str(path), load_tokenizer(tokenizer_dir), spec, data, progress=False)
+    out, _ = encode_all(dataset)
     assert [(len(e.audio), len(e.images)) for e in out] == [(1, 0), (0, 1), (0, 2), (1, 1), (0, 0), (1, 0)]
     assert len({len(e) for e in out}) == len(out)  # every length differs: padding is really exercised
     return out

@@ -9,7 +9,9 @@ import yaml
 
 from mmtune.cli import main
 from mmtune.config import DataConfig
-from mmtune.data.dataset import MediaSpec, MultimodalDataset
+from mmtune.data.dataset import MultimodalDataset
+from mmtune.data.encode import MediaSpec
+from mmtune.data.loader import encode_all
 from mmtune.model.tokenizer import load_tokenizer
 from tests.data.test_dataset import BAD, A, I, T, chat, text_row, write_manifest, write_media, write_png
 from tests.tiny import TINY_CLIP, TINY_LLMS, TINY_WHISPER, tiny_model_config
@@ -49,11 +51,11 @@ def check(capsys, *argv) -> tuple[int, list[str]]:
 
 def lengths_training_sees(path, tokenizer_dir, **data) -> list[int]:
     """Token lengths of the good rows, through the dataset (the path training takes)."""
-    cfg = DataConfig(on_bad_sample="skip", **data)
-    dataset = MultimodalDataset.from_manifest(str(path), load_tokenizer(tokenizer_dir),
-                                              MediaSpec.from_config(tiny_model_config(tokenizer_dir), cfg), cfg,
-                                              progress=False)
-    return dataset.lengths
+    cfg = DataConfig(on_bad_sample="skip", num_workers=0, **data)
+    dataset = MultimodalDataset.load(str(path), load_tokenizer(tokenizer_dir),
+                                     MediaSpec.from_config(tiny_model_config(tokenizer_dir), cfg), cfg, progress=False)
+    examples, _ = encode_all(dataset)
+    return [len(e) for e in examples]
 
 
 def test_bad_rows_are_listed_with_their_line_and_reason_and_ranges_printed(tmp_path, capsys):

@@ -1,6 +1,7 @@
-"""MultimodalDataset from a real manifest: media files on disk, labels, placeholder counts, the
-bad-input policy (`on_bad_sample: error | skip`) with one asserted message per kind of bad row,
-over-length rows (drop / text truncation) and the stats it reports.
+"""MultimodalDataset from a real manifest, drawn as training draws it (index, then per-draw encoding):
+media files on disk, labels, placeholder counts, the bad-input policy (`on_bad_sample: error | skip`)
+with one asserted message per kind of bad row, whether the index (headers) or the draw (decoding)
+finds it, over-length rows (drop / text truncation) and the stats it reports.
 
 Not covered here: an image whose mode has no RGB conversion. No file Pillow writes decodes to
 such a mode (every writable mode x format pair was tried; all load as RGB), so that message is
@@ -22,8 +23,10 @@ from PIL import Image
 
 from mmtune.audio.io import SAMPLE_RATE
 from mmtune.config import DataConfig
-from mmtune.data.dataset import MediaSpec, MultimodalDataset
+from mmtune.data.dataset import MultimodalDataset
+from mmtune.data.encode import MediaSpec
 from mmtune.data.example import IGNORE_INDEX
+from mmtune.data.loader import encode_all
 from mmtune.errors import DataError
 from mmtune.model.tokenizer import load_tokenizer
 from mmtune.vision.io import MAX_PIXELS
@@ -117,9 +120,24 @@ def spec(tokenizer_dir):
     return MediaSpec.from_config(tiny_model_config(tokenizer_dir), DataConfig())
 
 
-def encode(path, tokenizer, spec, **data) -> MultimodalDataset:
-    return MultimodalDataset.from_manifest(str(path), tokenizer, spec, DataConfig(**data), train=False,
-                                           progress=False)
+class Drawn(list):
+    """The examples of one pass over a dataset, with what was skipped (by the index or when drawn)."""
+
+    def __init__(self, dataset: MultimodalDataset):
+        examples, drawn = encode_all(dataset)
+        super().__init__(examples)
+        self.dataset, self.drawn = dataset, drawn
+        self.skipped = sorted(dataset.skipped + [DataError(s, r) for s, r in drawn.skipped.values()],
+                              key=lambda e: int(e.source.rsplit(":", 1)[1]))
+        self.lengths = dataset.lengths
+
+    def stats(self) -> dict:
+        return self.dataset.stats(self.drawn.skipped)
+
+
+def encode(path, tokenizer, spec, **data) -> Drawn:
+    data = DataConfig(**{"num_workers": 0, **data})
+    return Drawn(MultimodalDataset.load(str(path), tokenizer, spec, data, train=False, progress=False))
 
 
 def ids_of(tokenizer, text: str) -> list[int]:
@@ -186,7 +204,8 @@ def test_stats_report_rows_media_and_the_supervised_fraction(tmp_path, tokenizer
     tokens = sum(len(e) for e in dataset)
     supervised = sum(len(ids_of(tokenizer, a + "<|im_end|>")) for a in (ANSWER, "odd", "even"))
     assert stats == {"rows": 3, "skipped": 0, "skipped_by_reason": {}, "truncated": 0, "tokens": tokens,
-                     "supervised_fraction": pytest.approx(supervised / tokens), "audio_clips": 2, "images": 1}
+                     "supervised_fraction": pytest.approx(supervised / tokens), "audio_clips": 2, "images": 1,
+                     "audio_hours": pytest.approx((CLIPS["short.wav"][0] + CLIPS["mid.wav"][0]) / 3600)}
     assert 0 < stats["supervised_fraction"] < 0.5
 
 
@@ -199,7 +218,7 @@ def test_a_sample_with_no_supervised_token_is_an_error_naming_its_row(tmp_path, 
     with pytest.raises(DataError) as info:
         encode(path, tokenizer, spec)
     assert str(info.value) == f"{path}:1: no supervised token: the assistant answers rendered to nothing"
-    with pytest.raises(DataError, match=re.escape(f"encoding {path}: no usable sample (2 skipped)")):
+    with pytest.raises(DataError, match=re.escape(f"{path}: no usable sample (2 skipped)")):
         encode(path, tokenizer, spec, on_bad_sample="skip")
 
 
@@ -390,7 +409,7 @@ def test_error_policy_stops_at_the_first_bad_row(tmp_path, tokenizer, spec):
     write_media(tmp_path)
     empty_clip, broken_json = BAD["zero-length audio"].row(tmp_path), BAD["invalid JSON"].row(tmp_path)
     path = write_manifest(tmp_path, [text_row(), empty_clip, broken_json])
-    with pytest.raises(DataError, match=re.escape(f"{path}:3: invalid JSON")):  # the manifest is read first
+    with pytest.raises(DataError, match=re.escape(f"{path}:2: audio file ")):  # the first in row order
         encode(path, tokenizer, spec)
     path = write_manifest(tmp_path, [text_row(), BAD["zero-length audio"].row(tmp_path), text_row()])
     with pytest.raises(DataError, match=re.escape(f"{path}:2: audio file ")):

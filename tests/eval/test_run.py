@@ -9,7 +9,9 @@ from PIL import Image
 from tests.tiny import tiny_model_config
 from mmtune.collators.padded import collate_padded
 from mmtune.config import DataConfig
-from mmtune.data.dataset import MediaSpec, MultimodalDataset
+from mmtune.data.dataset import MultimodalDataset
+from mmtune.data.encode import MediaSpec
+from mmtune.data.loader import encode_all
 from mmtune.eval.metrics import cer, error_counts, wer
 from mmtune.eval.run import evaluate, write_predictions
 from mmtune.infer.generate import Predictor, generate
@@ -25,8 +27,16 @@ def write_manifest(folder, rows):
 
 def eval_dataset(folder, tokenizer, model_cfg, rows, train=False):
     spec = MediaSpec.from_config(model_cfg, DataConfig())
-    return MultimodalDataset.from_manifest(write_manifest(folder, rows), tokenizer, spec, DataConfig(),
-                                           train=train, progress=False)
+    return MultimodalDataset.load(write_manifest(folder, rows), tokenizer, spec, DataConfig(num_workers=0),
+                                  train=train, progress=False)
+
+
+def examples(dataset):
+    return encode_all(dataset)[0]
+
+
+def samples(dataset):
+    return [dataset.sample(k) for k in range(len(dataset))]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +62,7 @@ def test_loss_is_summed_token_loss_over_supervised_tokens(multimodal):
     model, tokenizer, dataset = multimodal
     results, records = evaluate(model, tokenizer, dataset, metrics=("loss",), batch_size=3, progress=False)
     with torch.no_grad():
-        out = model(**collate_padded(dataset.examples, tokenizer.pad_token_id))
+        out = model(**collate_padded(examples(dataset), tokenizer.pad_token_id))
     assert results["loss"] == pytest.approx(float(out.loss_sum) / out.num_tokens, rel=1e-5)
     assert results["num_samples"] == 4 and records == []
     assert evaluate(model, tokenizer, dataset, metrics=("loss",), max_samples=2, progress=False)[0]["num_samples"] == 2
@@ -65,8 +75,8 @@ def test_generation_metrics_agree_with_the_records(multimodal, tmp_path):
     assert model.training  # the caller's mode is restored
     refs, preds = [r["reference"] for r in records], [r["prediction"] for r in records]
     assert refs == ["three one four", "zero", "seven eight nine two", "A red circle."]
-    assert [r["source"] for r in records] == [s.source for s in dataset.samples]
-    assert preds == generate(model, tokenizer, [dataset.encoder.prompt(s) for s in dataset.samples], max_new_tokens=4)
+    assert [r["source"] for r in records] == [s.source for s in samples(dataset)]
+    assert preds == generate(model, tokenizer, [dataset.encoder.prompt(s) for s in samples(dataset)], max_new_tokens=4)
     assert results["wer"] == wer(refs, preds) and results["cer"] == cer(refs, preds)
     assert results["accuracy"] == sum(r["correct"] for r in records) / 4
     assert all(r["errors"] == error_counts(r["reference"], r["prediction"]) for r in records)
@@ -99,7 +109,7 @@ def train_to_answer_seven(tokenizer_dir, folder, steps=60):
                  "zero", "Transcribe the audio."]
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "seven"}]}
             for q in questions]
-    batch = collate_padded(eval_dataset(folder, tokenizer, cfg, rows).examples, tokenizer.pad_token_id)
+    batch = collate_padded(examples(eval_dataset(folder, tokenizer, cfg, rows)), tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(steps):
@@ -114,7 +124,7 @@ def test_trained_model_answers_seven_end_to_end(tokenizer_dir, tmp_path):
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "seven"}]}
             for q in ("nine two six", "What is in the image?", "Is it even or odd? even odd")]
     dataset = eval_dataset(tmp_path, predictor.tokenizer, predictor.model_cfg, rows)
-    prompts = [dataset.encoder.prompt(s) for s in dataset.samples]
+    prompts = [dataset.encoder.prompt(s) for s in samples(dataset)]
     assert generate(predictor.model, predictor.tokenizer, prompts, batch_size=2) == ["seven"] * 3
     assert predictor.answer("zero seven eight") == "seven"
     results, records = evaluate(predictor.model, predictor.tokenizer, dataset, progress=False)

@@ -8,7 +8,7 @@ from torch import nn
 from tests.tiny import tiny_model_config
 from mmtune.collators.padded import collate_media
 from mmtune.config import DataConfig
-from mmtune.data.encode import end_of_turn_ids
+from mmtune.data.chat import end_of_turn_ids
 from mmtune.data.example import Example
 from mmtune.errors import DataError, MediaError
 from mmtune.infer.generate import (Predictor, assistant_message, collate_prompts, decode_answer, generate,

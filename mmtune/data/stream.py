@@ -5,21 +5,29 @@
     state = stream.state_dict()      # {"epoch": e, "index": i}; load_state_dict continues exactly there
 """
 
-import statistics
+import numpy as np
 
 from mmtune.config import DataConfig
 from mmtune.data.sampler import length_grouped_batches, shuffled_batches, token_budget_batches
 
 
-def token_budget(lengths: list[int], data: DataConfig) -> int:
+def token_budget(lengths, data: DataConfig) -> int:
     """Tokens per packed row: the configured budget, or about batch_size average samples."""
     if data.max_tokens_per_batch is not None:
         return data.max_tokens_per_batch
-    return max(max(lengths), int(data.batch_size * statistics.mean(lengths)))
+    return max(int(np.max(lengths)), int(data.batch_size * float(np.mean(lengths))))
 
 
-def plan_epoch(lengths: list[int], data: DataConfig, seed: int) -> list[list[int]]:
-    """Micro-batches of one epoch, every example exactly once."""
+def batch_budget(lengths, data: DataConfig) -> int | None:
+    """The token budget every planned batch keeps: packed rows' size, the padded budget, or None."""
+    if data.batching == "packed":
+        return token_budget(lengths, data)
+    return data.max_tokens_per_batch
+
+
+def plan_epoch(lengths, data: DataConfig, seed: int) -> list[list[int]]:
+    """Micro-batches of one epoch, every example exactly once (lengths: a list or an array)."""
+    lengths = np.asarray(lengths).tolist()  # the planners index Python ints; this list lives for the call
     if data.batching == "packed":
         return token_budget_batches(lengths, token_budget(lengths, data), padded=False, shuffle=True, seed=seed)
     if data.max_tokens_per_batch is not None:
@@ -30,10 +38,9 @@ def plan_epoch(lengths: list[int], data: DataConfig, seed: int) -> list[list[int
 
 
 class BatchStream:
-    def __init__(self, lengths: list[int], data: DataConfig, seed: int):
+    def __init__(self, lengths, data: DataConfig, seed: int, start: dict | None = None):
         self.lengths, self.data, self.seed = lengths, data, seed
-        self.epoch, self.index = 0, 0
-        self._plan = plan_epoch(lengths, data, seed)
+        self.load_state_dict(start or {"epoch": 0, "index": 0})
 
     def next(self) -> list[int]:
         if self.index >= len(self._plan):

@@ -4,7 +4,7 @@ exact counts, truncation that never splits a placeholder run."""
 import pytest
 import torch
 
-from mmtune.data.encode import (chat_segments, expand_placeholders, render_conversation, render_prompt,
+from mmtune.data.chat import (chat_segments, expand_placeholders, render_conversation, render_prompt,
                                 truncate)
 from mmtune.data.example import IGNORE_INDEX
 from mmtune.errors import DataError
