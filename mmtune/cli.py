@@ -216,8 +216,9 @@ def _add_data(sub) -> None:
   mmtune data check 'shards/train-*.tar' --config config.yaml --headers-only       tar shards, index only""")
     c.add_argument("manifest", help="a .jsonl/.json manifest, .parquet/.arrow files, a datasets.save_to_disk folder, "
                                     "or .tar shards (a file, a quoted glob or a folder)")
-    c.add_argument("--config", help="training config: tokenizer, encoders, data.max_length, data.columns")
-    c.add_argument("overrides", nargs="*", help="key.sub=value overrides of the config, as for train")
+    c.add_argument("--config", nargs="+", metavar=("CONFIG", "KEY=VALUE"),
+                   help="training config (tokenizer, encoders, data.max_length, data.columns), then optional "
+                        "key.sub=value overrides as for train")
     c.add_argument("--headers-only", action="store_true",
                    help="with --config: build or read the index (file headers) but decode no media")
     c.set_defaults(run=_run_data_check)
@@ -256,14 +257,12 @@ def _run_data_check(args) -> int:
     from mmtune.data.check import check_data, format_report
 
     encoder, max_length = None, None
-    if args.overrides and not args.config:
-        raise MmtuneError("overrides need --config: they change a training config's settings")
     if args.config:
         from mmtune.config import load_config
         from mmtune.data.encode import MediaSpec, SampleEncoder
         from mmtune.model.tokenizer import load_tokenizer
 
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config[0], args.config[1:])
         tokenizer = load_tokenizer(cfg.model.llm.tokenizer or cfg.model.llm.path, cfg.model.llm.chat_template)
         encoder = SampleEncoder(tokenizer, MediaSpec.from_config(cfg.model, cfg.data), cfg.data, train=True)
         max_length = cfg.data.max_length

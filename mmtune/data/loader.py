@@ -192,8 +192,9 @@ def encode_all(dataset: MultimodalDataset, epoch: int = 0) -> tuple[list, DrawLo
 
 
 def _worker_died(draws: Draws, error: RuntimeError) -> Exception:
-    match = re.search(r"DataLoader worker \(pids?\)? ?\(?([\d, ]+)\)?", str(error))
-    if "DataLoader worker" not in str(error) or match is None:
+    # torch says "DataLoader worker (pid(s) 123, 456) exited unexpectedly" or "... (pid 123) is killed by signal"
+    match = re.search(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\)", str(error))
+    if match is None:
         return error
     for pid in (int(p) for p in re.findall(r"\d+", match.group(1))):
         k = draws.row_of(pid)

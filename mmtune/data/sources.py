@@ -11,7 +11,8 @@ scanning again. A row is read when it is drawn, in whichever process draws it.
     JSONL         byte offset and line number of each non-blank line
     LLaVA .json   the list is read once and rewritten as JSON lines in the index folder
     Hugging Face  datasets.load_from_disk / Dataset.from_parquet / Dataset.from_file, memory-mapped;
-                  Audio/Image columns read as {"bytes", "path"} (decoded by mmtune, not datasets);
+                  rows read from the Arrow table, so Audio/Image columns come as {"bytes", "path"}
+                  (decoded by mmtune, not datasets);
                   `data.columns` renames columns to manifest keys, e.g. {text: sentence}
     tar shards    KEY.json beside KEY.flac (or .wav/.mp3/.ogg/.opus) and/or KEY.png (.jpg/.jpeg/.webp)
                   in each shard; members are read by offset
@@ -213,7 +214,7 @@ class HFSource:
         return f"{self.path}:#{i}"
 
     def row(self, i: int):
-        raw = self.dataset[int(i)]
+        raw = self.dataset.data.slice(int(i), 1).to_pylist()[0]  # Arrow storage: media as {"bytes", "path"}
         renamed = {key: raw[column] for key, column in self.columns.items()}
         return self.label(i), {**{k: v for k, v in raw.items() if k not in self.columns.values()}, **renamed}
 
@@ -231,20 +232,7 @@ def _load_hf(path: str):
         dataset = datasets.Dataset.from_parquet(files)  # converted to Arrow once, in datasets' cache
     else:
         dataset = datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in files])
-    return dataset.cast(_undecoded(dataset.features, datasets))
-
-
-def _undecoded(features, datasets):
-    """The same features with Audio/Image (also inside lists) read as {"bytes", "path"}: mmtune decodes."""
-    def visit(feature):
-        if isinstance(feature, (datasets.Audio, datasets.Image)):
-            return type(feature)(decode=False)
-        if isinstance(feature, datasets.List):
-            return datasets.List(visit(feature.feature))
-        if isinstance(feature, dict):
-            return {k: visit(v) for k, v in feature.items()}
-        return feature
-    return datasets.Features({name: visit(f) for name, f in features.items()})
+    return dataset  # rows are read from its Arrow table, so datasets decodes nothing (no torchcodec needed)
 
 
 # ----------------------------------------------------------------------------- tar shards

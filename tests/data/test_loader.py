@@ -1,0 +1,132 @@
+"""The index and the per-draw pipeline: cached index reuse and invalidation, header lengths that match
+decoded ones, the same draws with any number of workers, a row that decodes longer than indexed,
+and a dying worker named by its row."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mmtune.collators import collate_packed
+from mmtune.config import AugmentConfig, DataConfig, load_config
+from mmtune.data.dataset import MultimodalDataset
+from mmtune.data.encode import MediaSpec
+from mmtune.data.loader import BatchKey, Draws, PlanSampler, draw_batches, encode_all
+from mmtune.data.stream import batch_budget
+from mmtune.errors import DataError
+from mmtune.model.tokenizer import load_tokenizer
+from tests.tiny import write_asr_run
+
+AUGMENT = AugmentConfig(spec_augment=True, time_mask=5, speed=[0.9, 1.0, 1.1], noise_snr_db=20.0)
+
+
+def dataset_of(folder, tokenizer_dir, train=False, **data):
+    config = folder / "config.yaml"
+    cfg = load_config(config if config.exists() else write_asr_run(folder, tokenizer_dir))
+    data = DataConfig(**{"num_workers": 0, **data})
+    return MultimodalDataset.load(str(folder / "train.jsonl"), load_tokenizer(tokenizer_dir),
+                                  MediaSpec.from_config(cfg.model, data), data, train=train, seed=3, progress=False)
+
+
+def test_the_index_is_cached_and_rebuilt_when_the_data_or_a_length_setting_changes(tmp_path, tokenizer_dir):
+    first = dataset_of(tmp_path, tokenizer_dir)
+    assert not first.index.cached and first.index.source_rows == 16
+    again = dataset_of(tmp_path, tokenizer_dir)
+    assert again.index.cached and again.lengths.tolist() == first.lengths.tolist()
+    assert not dataset_of(tmp_path, tokenizer_dir, system="Be brief.").index.cached  # a setting that changes lengths
+    with open(tmp_path / "train.jsonl", "a") as f:  # the data changed: size and mtime
+        f.write(json.dumps({"audio": "audio/0.wav", "text": "zero"}) + "\n")
+    grown = dataset_of(tmp_path, tokenizer_dir)
+    assert not grown.index.cached and len(grown) == 17
+
+
+def test_indexed_lengths_are_the_decoded_ones_and_bound_every_speed_draw(tmp_path, tokenizer_dir):
+    plain = dataset_of(tmp_path, tokenizer_dir)
+    examples, _ = encode_all(plain)
+    assert plain.lengths.tolist() == [len(e) for e in examples]  # headers alone give the exact lengths
+    augmented = dataset_of(tmp_path, tokenizer_dir, train=True, augment=AUGMENT)
+    draws = [len(augmented.example(k, epoch)) for epoch in range(6) for k in range(len(augmented))]
+    bound = np.tile(augmented.lengths, 6)
+    assert (np.array(draws) <= bound).all() and (np.array(draws) == bound).any()  # 0.9x is the longest draw
+    assert (augmented.lengths >= plain.lengths).all() and (augmented.lengths > plain.lengths).any()
+
+
+def test_the_index_built_in_worker_processes_equals_the_one_built_inline(tmp_path, tokenizer_dir):
+    write_asr_run(tmp_path, tokenizer_dir)
+    rows = (tmp_path / "train.jsonl").read_text().splitlines() * 70  # 1120 rows: three chunks of 512
+    (tmp_path / "big.jsonl").write_text("\n".join(rows) + "\n")
+    cfg = load_config(tmp_path / "config.yaml")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    indexes = []
+    for workers in (0, 2):
+        data = DataConfig(num_workers=workers)
+        ds = MultimodalDataset.load(str(tmp_path / "big.jsonl"), tokenizer, MediaSpec.from_config(cfg.model, data),
+                                    data, progress=False)
+        indexes.append(ds.index)
+        for cache in (tmp_path / ".mmtune_index" / "big.jsonl").glob("*.npz"):
+            cache.unlink()  # the next build starts from nothing
+    assert len(indexes[0].rows) == 1120
+    for column in ("rows", "tokens", "supervised", "audio", "audio_seconds"):
+        assert np.array_equal(getattr(indexes[0], column), getattr(indexes[1], column)), column
+
+
+def _drawn_batches(dataset, data, batches: int):
+    sampler = PlanSampler(dataset.lengths, data, seed=5)
+    draws = Draws(dataset, collate_packed, 0, batch_budget(dataset.lengths, data), padded=False,
+                  workers=data.num_workers)
+    out = []
+    for item in draw_batches(draws, sampler, data):
+        out.append(item)
+        if len(out) == batches:
+            return out
+
+
+def test_draws_are_the_same_with_any_number_of_workers(tmp_path, tokenizer_dir):
+    results = []
+    for workers in (0, 2):
+        dataset = dataset_of(tmp_path / f"w{workers}", tokenizer_dir, train=True, num_workers=workers,
+                             batching="packed", max_tokens_per_batch=120, augment=AUGMENT)
+        results.append(_drawn_batches(dataset, dataset.encoder.data, batches=12))  # more than one epoch
+    for a, b in zip(*results):
+        assert a["rows"] == b["rows"] and a["after"] == b["after"]
+        assert torch.equal(a["batch"]["input_ids"], b["batch"]["input_ids"])
+        assert torch.equal(a["batch"]["audio_features"], b["batch"]["audio_features"])  # speed, noise, masks
+    assert results[0][-1]["after"]["epoch"] >= 1
+
+
+def test_a_row_longer_than_indexed_is_counted_and_never_breaks_the_budget(tmp_path, tokenizer_dir):
+    dataset = dataset_of(tmp_path, tokenizer_dir)
+    stat = os.stat(tmp_path / "train.jsonl")
+    # the clip of row 0 is replaced after indexing by a 2 s one (the manifest is untouched: the index stays)
+    sf.write(tmp_path / "audio" / "0.wav", np.zeros(32000, np.float32) + 0.1, 16000)
+    os.utime(tmp_path / "train.jsonl", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    dataset = dataset_of(tmp_path, tokenizer_dir)
+    assert dataset.index.cached
+    budget = int(dataset.lengths[0] + dataset.lengths[1])
+    draws = Draws(dataset, collate_packed, 0, budget, padded=False)
+    (item,) = draw_batches(draws, [BatchKey(0, (0, 1))], dataset.encoder.data)
+    assert item["longer"] == [dataset.label(0)] and item["dropped"] == [dataset.label(0)]
+    assert item["batch"]["input_ids"].shape[1] == dataset.lengths[1] <= budget
+    (item,) = draw_batches(Draws(dataset, collate_packed, 0, None, padded=False), [BatchKey(0, (0, 1))],
+                           dataset.encoder.data)
+    assert item["longer"] == [dataset.label(0)] and item["dropped"] == []  # no budget: kept, counted
+
+
+class DiesOnRow(MultimodalDataset):
+    def example(self, k, epoch=0):
+        if k == 5:
+            os._exit(3)  # a crash in native code, as a broken decoder library would
+        return super().example(k, epoch)
+
+
+def test_a_worker_that_dies_is_an_error_naming_its_row(tmp_path, tokenizer_dir):
+    good = dataset_of(tmp_path, tokenizer_dir)
+    dataset = DiesOnRow(good.source, good.index, good.encoder)
+    data = DataConfig(num_workers=2)
+    keys = [BatchKey(0, (k,)) for k in range(len(dataset))]
+    with pytest.raises(DataError) as info:
+        list(draw_batches(Draws(dataset, collate_packed, 0, workers=2), keys, data))
+    assert info.value.source == f"{tmp_path / 'train.jsonl'}:6" and "died while encoding this row" in info.value.reason
