@@ -41,8 +41,11 @@ def test_unknown_key_fails_with_a_close_match(tmp_path, tokenizer_dir, capsys):
 def test_resume_after_a_kill_logs_the_same_losses(tmp_path, tokenizer_dir, monkeypatch):
     whole = write_asr_run(tmp_path / "a", tokenizer_dir)
     killed = write_asr_run(tmp_path / "b", tokenizer_dir)
-    # SpecAugment on: resume must restore the data augmentation RNG too
-    overrides = ["train.save_every=3", "data.augment.spec_augment=true", "data.augment.time_mask=5"]
+    # every augmentation on, drawn in 2 worker processes: each draw derives from (seed, epoch, row), so the
+    # resumed run draws what the uninterrupted one drew (16 rows of 4: an epoch is 4 steps, so the kill
+    # at step 5 falls in the second epoch)
+    overrides = ["train.save_every=3", "data.augment.spec_augment=true", "data.augment.time_mask=5",
+                 "data.augment.speed=[0.9,1.0,1.1]", "data.augment.noise_snr_db=20", "data.num_workers=2"]
     train(load_config(whole, overrides))
 
     real_step = loop._Run.train_step
