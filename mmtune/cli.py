@@ -239,11 +239,20 @@ def _add_data(sub) -> None:
   a CSV with its own column names, clips in another folder (paths in the table are relative to it):
     mmtune data convert --table labels.csv --audio-column wav_file --text-column label \\
         --audio-dir recordings/ --out data/train.jsonl
+  a Hugging Face dataset (Common Voice-style columns), its embedded clips written to files:
+    mmtune data convert --dataset cv_saved/ --column text=sentence --out data/train.jsonl
+    (or train on it directly: data.train: cv_saved/ with data.columns: {text: sentence})
   then decode every clip once before training:
     mmtune data check data/train.jsonl""")
     source = v.add_mutually_exclusive_group(required=True)
     source.add_argument("--table", help="TSV or CSV with a header row (delimiter from the extension)")
     source.add_argument("--librispeech", metavar="DIR", help="a LibriSpeech split folder, e.g. LibriSpeech/dev-clean")
+    source.add_argument("--dataset", metavar="PATH", help="a Hugging Face dataset: save_to_disk folder, .parquet or "
+                                                          ".arrow files; embedded clips/images are written to "
+                                                          "--media-dir")
+    v.add_argument("--media-dir", help="with --dataset: where embedded media files go (default: media/ beside --out)")
+    v.add_argument("--column", action="append", default=[], metavar="KEY=COLUMN",
+                   help="with --dataset: a manifest key from a dataset column, e.g. --column text=sentence")
     v.add_argument("--out", required=True, help="the manifest to write (.jsonl)")
     v.add_argument("--audio-dir", help="folder the table's audio paths are relative to (default: clips/ beside the "
                                        "table when it exists, else the table's folder)")
@@ -275,7 +284,14 @@ def _run_data_check(args) -> int:
 def _run_data_convert(args) -> int:
     from mmtune.data.convert import librispeech_to_manifest, table_to_manifest
 
-    if args.table:
+    if args.dataset:
+        from mmtune.data.convert import dataset_to_manifest
+
+        bad = [c for c in args.column if "=" not in c]
+        if bad:
+            raise MmtuneError(f"--column {bad[0]}: write it as KEY=COLUMN, e.g. --column text=sentence")
+        report = dataset_to_manifest(args.dataset, args.out, args.media_dir, dict(c.split("=", 1) for c in args.column))
+    elif args.table:
         report = table_to_manifest(args.table, args.out, args.audio_dir, args.audio_column, args.text_column,
                                    args.delimiter)
     else:

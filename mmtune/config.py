@@ -149,7 +149,7 @@ class DataConfig:
             raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
         if self.num_workers < 0 or self.prefetch < 1:
             raise ConfigError(f"num_workers must be >= 0 and prefetch >= 1, got {self.num_workers} and {self.prefetch}")
-        for key, column in (self.columns or {}).items():
+        for key in self.columns or {}:
             if key not in ("audio", "text", "instruction", "image", "conversations", "messages"):
                 raise ConfigError(f"columns: {key!r} is not a manifest key; map audio, text, instruction, image, "
                                   f"conversations or messages to the dataset's column names")

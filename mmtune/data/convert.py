@@ -139,6 +139,54 @@ def librispeech_to_manifest(root: str | os.PathLike, out: str | os.PathLike) -> 
     return report
 
 
+def dataset_to_manifest(path: str | os.PathLike, out: str | os.PathLike, media_dir: str | os.PathLike | None = None,
+                        columns: dict | None = None) -> ConvertReport:
+    """A Hugging Face dataset (save_to_disk folder, .parquet or .arrow files) -> a manifest, each embedded
+    clip or image written to a file under `media_dir` (default: `media/` beside the manifest).
+
+    `columns` maps manifest keys to the dataset's columns, e.g. {"text": "sentence"} for Common Voice-style
+    data; rows keep the manifest forms (ASR: audio + text; LLaVA: image + conversations).
+
+        dataset_to_manifest("cv_saved/", "data/train.jsonl", columns={"text": "sentence"}).rows_written  # 3
+        # data/train.jsonl: {"audio": "media/00000000-a.mp3", "text": "Hello there."}, ...
+    """
+    from mmtune.data.sources import HFSource
+
+    path, out = str(path), str(out)
+    _check_out(out)
+    source = HFSource(path, columns)
+    report = ConvertReport(path, out)
+    with _ManifestWriter(out) as writer:
+        media = os.path.abspath(str(media_dir)) if media_dir else os.path.join(writer.folder, "media")
+        os.makedirs(media, exist_ok=True)
+        for i in range(len(source)):
+            label, row = source.row(i)
+            row = {k: _media_file(v, media, i, writer.folder) if k in ("audio", "image") else v for k, v in row.items()}
+            try:
+                parse_row(row, writer.folder)
+            except DataError as err:
+                report.skip(label, err.reason)
+                continue
+            writer.write(row)
+            report.rows_written += 1
+    return report
+
+
+def _media_file(value, media: str, i: int, folder: str):
+    """An embedded {"bytes", "path"} value -> the relative path of the file it is written to (lists too)."""
+    if isinstance(value, list):
+        return [_media_file(v, media, i, folder) for v in value]
+    if isinstance(value, dict) and value.get("bytes"):
+        name = os.path.basename(value.get("path") or "media.bin")
+        target = os.path.join(media, f"{i:08d}-{name}")
+        with open(target, "wb") as f:
+            f.write(value["bytes"])
+        return _relative(target, folder)
+    if isinstance(value, dict) and value.get("path"):
+        return value["path"]
+    return value
+
+
 # ----------------------------------------------------------------------------- rows
 
 

@@ -97,6 +97,7 @@ class _Run:
         self.records: list[dict] | None = None  # per-sample predictions of the latest evaluation
         self.position = position  # the batch plan's position after the last micro-batch trained on
         self.draws = DrawLog()
+        self.data_wait = 0.0  # seconds the loop waited for batches from the data workers
         data = cfg.data
         sampler = PlanSampler(train_set.lengths, data, cfg.train.seed, position, accelerator.process_index,
                               accelerator.num_processes)
@@ -110,6 +111,7 @@ class _Run:
         try:
             return self._steps(start_step, tracker)
         finally:
+            self.batches.close()  # the data workers exit now, not when the run object is collected
             if tracker:
                 tracker.close()  # flushes TensorBoard even when the run stops on an error
 
@@ -127,14 +129,16 @@ class _Run:
             bar.update(1)
             bar.set_postfix(format_progress(loss, lr, tokens_per_s))
             if tracker and (step % cfg.log_every == 0 or step == 1 or step == cfg.max_steps):
-                tracker.log(step, loss=loss, lr=lr, tokens_per_s=tokens_per_s)
+                data_wait = self.data_wait / max(time.perf_counter() - started, 1e-9)  # share of wall time so far
+                tracker.log(step, loss=loss, lr=lr, tokens_per_s=tokens_per_s, data_wait=round(data_wait, 4))
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                 self.evaluate(step, tracker)
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
                 self.save_checkpoint(step)
         bar.close()
         elapsed = time.perf_counter() - started
-        return self.finish(tracker, {"train_seconds": elapsed, "tokens_per_s": tokens_seen / max(elapsed, 1e-9)})
+        return self.finish(tracker, {"train_seconds": elapsed, "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
+                                     "data_wait_fraction": self.data_wait / max(elapsed, 1e-9)})
 
     def train_step(self, step: int) -> tuple[float, int]:
         """One optimizer step over grad_accum micro-batches; returns (step loss, real tokens)."""
@@ -166,7 +170,9 @@ class _Run:
         """The next micro-batch of this process (process r takes every r-th of the global plan); a batch
         whose every row was skipped is passed over."""
         while True:
+            started = time.perf_counter()
             item = next(self.batches)
+            self.data_wait += time.perf_counter() - started
             self.position = item["after"]
             self.draws.add(item)
             if item["batch"] is not None:

@@ -63,6 +63,8 @@ def _run_section(config: dict, records: list[dict], extra: dict) -> list[str]:
     speed = extra.get("tokens_per_s") or (sum(speeds) / len(speeds) if speeds else None)
     facts = [("steps", steps), ("training time", _duration(seconds) if seconds else None),
              ("throughput", f"{human(speed)} tokens/s" if speed else None),
+             ("time waiting for data", f"{100 * extra['data_wait_fraction']:.1f}%"
+              if is_number(extra.get("data_wait_fraction")) else None),
              ("trainable parameters", human(extra["trainable_params"]) if extra.get("trainable_params") else None)]
     lines += [""] + [f"- {k}: {v}" for k, v in facts if v is not None]
     return lines
@@ -101,7 +103,9 @@ def _data_section(extra: dict) -> list[str]:
             ("supervised token fraction",
              lambda s: f"{100 * s['supervised_fraction']:.1f}%" if is_number(s.get("supervised_fraction")) else None),
             ("audio clips", lambda s: s.get("audio_clips")),
-            ("images", lambda s: s.get("images"))]
+            ("images", lambda s: s.get("images")),
+            ("rows decoded longer than indexed", lambda s: s.get("longer_than_indexed")),
+            ("row draws left out for the token budget", lambda s: s.get("dropped_for_budget"))]
     for name, get in rows:
         cells = [get(s) for s in splits.values()]
         if any(c not in (None, "") for c in cells):

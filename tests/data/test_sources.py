@@ -106,3 +106,18 @@ def test_an_unknown_column_is_named_with_the_columns_the_dataset_has(tmp_path, t
     path = write_parquet(tmp_path)
     with pytest.raises(Exception, match=r"data.columns names \['transcript'\].*\['audio', 'sentence'\]"):
         load(path, tokenizer_dir, cfg, {"text": "transcript"})
+
+
+def test_a_dataset_converts_to_a_manifest_with_its_clips_as_files(tmp_path, tokenizer_dir, capsys):
+    cfg = write_asr_run(tmp_path, tokenizer_dir)
+    saved = write_saved(tmp_path)
+    out = tmp_path / "converted" / "train.jsonl"
+    assert main(["data", "convert", "--dataset", saved, "--column", "text=sentence", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"{out}: 16 rows written from {saved}, 0 skipped")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in rows] == [r["text"] for r in asr_rows(tmp_path)]
+    assert all((out.parent / r["audio"]).is_file() and r["audio"].startswith("media/") for r in rows)
+    got, _ = encode_all(load(str(out), tokenizer_dir, cfg))
+    expected, _ = encode_all(load(str(tmp_path / "train.jsonl"), tokenizer_dir, cfg))
+    assert all(torch.equal(a.audio[0], b.audio[0]) and torch.equal(a.input_ids, b.input_ids)
+               for a, b in zip(got, expected))
