@@ -93,6 +93,7 @@ def map_chunks(fn, job, chunks: list, num_workers: int, bar) -> list:
     is the rows it did, for the progress bar."""
     results = []
     if num_workers > 0 and len(chunks) > 1:
+        quiet_tokenizers_in_forks()
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
         with context.Pool(min(num_workers, len(chunks)), initializer=_init_worker, initargs=(fn, job)) as pool:
             for result in pool.imap(_run_chunk, chunks):
@@ -104,6 +105,13 @@ def map_chunks(fn, job, chunks: list, num_workers: int, bar) -> list:
             bar.update(results[-1][-1])
     bar.close()
     return results
+
+
+def quiet_tokenizers_in_forks() -> None:
+    """Set TOKENIZERS_PARALLELISM=false (if unset) before forking workers: the Rust tokenizer's thread
+    pool cannot survive a fork, and says so in every forked process otherwise. Worker processes
+    tokenize one row at a time, so they lose nothing."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 _WORKER_JOB = None  # (fn, job) of this pool worker process, set once by _init_worker

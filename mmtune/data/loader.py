@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from mmtune.config import DataConfig
 from mmtune.data.dataset import MultimodalDataset
+from mmtune.data.index import quiet_tokenizers_in_forks
 from mmtune.errors import DataError
 from mmtune.data.stream import BatchStream
 
@@ -157,15 +158,15 @@ def _worker_init(_: int) -> None:
 
 
 def draw_batches(draws: Draws, keys, data: DataConfig):
-    """Iterate the drawn items of `keys` (a sampler or a list), prepared by data.num_workers processes.
-
-    Sets TOKENIZERS_PARALLELISM=false (if unset) before forking workers: the Rust tokenizer's
-    thread pool cannot survive a fork, and says so on every batch otherwise.
-    """
+    """Iterate the drawn items of `keys` (a sampler or a list), prepared by data.num_workers processes
+    (which sets TOKENIZERS_PARALLELISM=false if unset: `quiet_tokenizers_in_forks`)."""
     if data.num_workers > 0:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        quiet_tokenizers_in_forks()
+    # a generator of its own: the loader's worker base seed is then not drawn from torch's global RNG, whose
+    # state (dropout) a resumed run restores and must not see consumed by a loader started at another step
     loader = DataLoader(draws, batch_size=None, sampler=keys, num_workers=data.num_workers, collate_fn=_as_is,
-                        prefetch_factor=data.prefetch if data.num_workers else None, worker_init_fn=_worker_init)
+                        prefetch_factor=data.prefetch if data.num_workers else None, worker_init_fn=_worker_init,
+                        generator=torch.Generator().manual_seed(0))
     items = iter(loader)
     while True:
         try:
