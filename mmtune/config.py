@@ -126,6 +126,7 @@ class DataConfig:
     columns: dict | None = None  # datasets sources: manifest key -> column, e.g. {text: sentence}
     num_workers: int = 2  # DataLoader worker processes that decode and encode (0: in the main process)
     prefetch: int = 2  # batches each worker prepares ahead
+    shard_window: int = 8  # tar shards: shards whose samples are shuffled and batched together, in turn
     instruction: str = "Transcribe the audio."  # user prompt for the ASR shorthand {"audio", "text"}
     system: str | None = None
     max_length: int = 2048  # tokens per sample, placeholders included
@@ -147,6 +148,8 @@ class DataConfig:
         _check_choice("image_resize", self.image_resize, ("crop", "pad"))
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.shard_window < 1:
+            raise ConfigError(f"shard_window: must be >= 1, got {self.shard_window}")
         if self.num_workers < 0 or self.prefetch < 1:
             raise ConfigError(f"num_workers must be >= 0 and prefetch >= 1, got {self.num_workers} and {self.prefetch}")
         for key in self.columns or {}:

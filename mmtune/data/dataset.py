@@ -46,6 +46,12 @@ class MultimodalDataset:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    @property
+    def shards(self):
+        """(N,) shard number of each sample for tar shards (the plan then reads a window of shards at a
+        time), else None."""
+        return self.source.shard_numbers(self.index.rows)
+
     def label(self, k: int) -> str:
         """"file:LINE" (or the source's own form) of sample k."""
         return self.source.label(int(self.index.rows[k]))

@@ -45,12 +45,12 @@ class PlanSampler:
     """BatchKeys of process `rank` of `world`, from plan position `start` on, without end."""
 
     def __init__(self, lengths, data: DataConfig, seed: int, start: dict | None = None, rank: int = 0,
-                 world: int = 1):
-        self.lengths, self.data, self.seed = lengths, data, seed
+                 world: int = 1, shards=None):
+        self.lengths, self.data, self.seed, self.shards = lengths, data, seed, shards
         self.start, self.rank, self.world = start or {"epoch": 0, "index": 0}, rank, world
 
     def __iter__(self):
-        stream = BatchStream(self.lengths, self.data, self.seed, self.start)
+        stream = BatchStream(self.lengths, self.data, self.seed, self.start, self.shards)
         while True:
             for _ in range(self.rank):
                 stream.next()

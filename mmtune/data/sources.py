@@ -119,6 +119,9 @@ class JsonlSource:
     def label(self, i: int) -> str:
         return f"{self.path}:#{self.lines[i]}" if self.list_positions else f"{self.path}:{self.lines[i]}"
 
+    def shard_numbers(self, rows):
+        return None  # one file: no shards to read in turn
+
     def row(self, i: int):
         label = self.label(i)
         if self._handle is None or self._handle[0] != os.getpid():
@@ -213,6 +216,9 @@ class HFSource:
     def label(self, i: int) -> str:
         return f"{self.path}:#{i}"
 
+    def shard_numbers(self, rows):
+        return None  # memory-mapped Arrow: any row is as near as any other
+
     def row(self, i: int):
         raw = self.dataset.data.slice(int(i), 1).to_pylist()[0]  # Arrow storage: media as {"bytes", "path"}
         renamed = {key: raw[column] for key, column in self.columns.items()}
@@ -260,6 +266,10 @@ class TarSource:
 
     def label(self, i: int) -> str:
         return f"{self.shards[int(self.table['shard'][i])]}:{self.keys[i]}"
+
+    def shard_numbers(self, rows):
+        """(len(rows),) the shard each row is in."""
+        return self.table["shard"][rows]
 
     def row(self, i: int):
         label = self.label(i)

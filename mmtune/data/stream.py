@@ -25,11 +25,29 @@ def batch_budget(lengths, data: DataConfig) -> int | None:
     return data.max_tokens_per_batch
 
 
-def plan_epoch(lengths, data: DataConfig, seed: int) -> list[list[int]]:
-    """Micro-batches of one epoch, every example exactly once (lengths: a list or an array)."""
+def plan_epoch(lengths, data: DataConfig, seed: int, shards=None) -> list[list[int]]:
+    """Micro-batches of one epoch, every example exactly once (lengths: a list or an array).
+
+    shards: (N,) shard number of each example (tar sources). The shards are then taken in a shuffled
+    order, `data.shard_window` at a time, and each window's examples are batched among themselves
+    (the window is the shuffle buffer): reads stay within a few shards at a time, in shard order.
+    """
+    if shards is None:
+        return _plan(lengths, data, seed, batch_budget(lengths, data))
+    lengths, shards = np.asarray(lengths), np.asarray(shards)
+    budget = batch_budget(lengths, data)  # one budget for every window, the one the draws check
+    order = np.random.default_rng([seed, 1]).permutation(np.unique(shards))
+    batches = []
+    for w in range(0, len(order), data.shard_window):
+        members = np.flatnonzero(np.isin(shards, order[w: w + data.shard_window]))  # (n,) example numbers
+        batches += [[int(members[i]) for i in b] for b in _plan(lengths[members], data, seed + w, budget)]
+    return batches
+
+
+def _plan(lengths, data: DataConfig, seed: int, budget: int | None) -> list[list[int]]:
     lengths = np.asarray(lengths).tolist()  # the planners index Python ints; this list lives for the call
     if data.batching == "packed":
-        return token_budget_batches(lengths, token_budget(lengths, data), padded=False, shuffle=True, seed=seed)
+        return token_budget_batches(lengths, budget, padded=False, shuffle=True, seed=seed)
     if data.max_tokens_per_batch is not None:
         return token_budget_batches(lengths, data.max_tokens_per_batch, padded=True, shuffle=True, seed=seed)
     if data.group_by_length:
@@ -38,14 +56,14 @@ def plan_epoch(lengths, data: DataConfig, seed: int) -> list[list[int]]:
 
 
 class BatchStream:
-    def __init__(self, lengths, data: DataConfig, seed: int, start: dict | None = None):
-        self.lengths, self.data, self.seed = lengths, data, seed
+    def __init__(self, lengths, data: DataConfig, seed: int, start: dict | None = None, shards=None):
+        self.lengths, self.data, self.seed, self.shards = lengths, data, seed, shards
         self.load_state_dict(start or {"epoch": 0, "index": 0})
 
     def next(self) -> list[int]:
         if self.index >= len(self._plan):
             self.epoch, self.index = self.epoch + 1, 0
-            self._plan = plan_epoch(self.lengths, self.data, self.seed + self.epoch)
+            self._plan = plan_epoch(self.lengths, self.data, self.seed + self.epoch, self.shards)
         batch = self._plan[self.index]
         self.index += 1
         return batch
@@ -55,7 +73,7 @@ class BatchStream:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.index = state["epoch"], state["index"]
-        self._plan = plan_epoch(self.lengths, self.data, self.seed + self.epoch)
+        self._plan = plan_epoch(self.lengths, self.data, self.seed + self.epoch, self.shards)
 
     @property
     def batches_per_epoch(self) -> int:

@@ -100,7 +100,7 @@ class _Run:
         self.data_wait = 0.0  # seconds the loop waited for batches from the data workers
         data = cfg.data
         sampler = PlanSampler(train_set.lengths, data, cfg.train.seed, position, accelerator.process_index,
-                              accelerator.num_processes)
+                              accelerator.num_processes, train_set.shards)
         collate = collate_packed if data.batching == "packed" else collate_padded
         draws = Draws(train_set, collate, tokenizer.pad_token_id, batch_budget(train_set.lengths, data),
                       padded=data.batching == "padded", on_bad=data.on_bad_sample, workers=data.num_workers)

@@ -130,3 +130,29 @@ def test_a_worker_that_dies_is_an_error_naming_its_row(tmp_path, tokenizer_dir):
     with pytest.raises(DataError) as info:
         list(draw_batches(Draws(dataset, collate_packed, 0, workers=2), keys, data))
     assert info.value.source == f"{tmp_path / 'train.jsonl'}:6" and "died while encoding this row" in info.value.reason
+
+
+def test_tar_shards_are_planned_a_window_of_shards_at_a_time(tmp_path, tokenizer_dir):
+    from mmtune.data.stream import plan_epoch
+    from tests.data.test_sources import write_shards
+
+    cfg = write_asr_run(tmp_path, tokenizer_dir)
+    path = write_shards(tmp_path, per_shard=2)  # 8 shards of 2 clips
+    data = DataConfig(num_workers=0, shard_window=3, batch_size=2, batching="padded")
+    dataset = MultimodalDataset.load(path, load_tokenizer(tokenizer_dir),
+                                     MediaSpec.from_config(load_config(cfg).model, data), data, progress=False)
+    shards = dataset.shards
+    assert shards.tolist() == [k // 2 for k in range(16)]
+    for seed in range(3):
+        batches = plan_epoch(dataset.lengths, data, seed, shards)
+        assert sorted(k for b in batches for k in b) == list(range(16))  # every sample once
+        visit = []  # shards in the order the plan first touches them
+        for k in (k for b in batches for k in b):
+            if int(shards[k]) not in visit:
+                visit.append(int(shards[k]))
+        window = {shard: position // 3 for position, shard in enumerate(visit)}
+        per_batch = [{window[int(shards[k])] for k in b} for b in batches]
+        assert all(len(w) == 1 for w in per_batch)  # a batch never mixes two windows
+        order = [w.pop() for w in per_batch]
+        assert order == sorted(order) and sorted(visit) == list(range(8))  # window after window, all shards
+    assert plan_epoch(dataset.lengths, data, 0, shards) != plan_epoch(dataset.lengths, data, 1, shards)
