@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 from mmtune.audio.io import SAMPLE_RATE, load_audio
 from mmtune.config import DataConfig
 from mmtune.data.encode import SampleEncoder, named, one_thread
-from mmtune.data.index import CHUNK_ROWS, index_folder, load_index, map_chunks
-from mmtune.data.sources import open_source, read_sample
+from mmtune.data.index import CHUNK_ROWS, load_index, map_chunks
+from mmtune.data.sources import cache_folder, open_source, read_sample
 from mmtune.errors import DataError
 from mmtune.vision.io import load_image
 
@@ -52,7 +52,7 @@ def check_data(path: str, encoder: SampleEncoder | None = None, data: DataConfig
         report.over_length += report.truncated
         report.token_lengths = index.tokens.tolist()
     else:
-        source = open_source(path, index_folder(path), data.columns)
+        source = open_source(path, cache_folder(path), data.columns)
         rows = list(range(len(source)))
         report.rows = len(source)
     if decode or encoder is None:

@@ -1,6 +1,7 @@
-"""Manifest rows to `Sample`s: chat JSONL, ASR shorthand and LLaVA JSON, validated, no media loaded.
+"""Manifest rows to validated messages: chat, ASR shorthand and LLaVA rows, no media loaded.
 
-Every form becomes the same chat structure:
+Reading files is `mmtune.data.sources` (JSONL, LLaVA .json, datasets, tar shards); this module
+turns one decoded row into the chat structure every form becomes:
 
     Sample(messages=[{"role": "user", "content": [{"type": "audio", "path": "/data/a.flac"},
                                                   {"type": "text", "text": "Transcribe the audio."}]},
@@ -20,7 +21,6 @@ of `datasets`' Audio/Image columns with decode=False); the part then carries "by
 (1-based) or, for a `.json` list, "file.json:#INDEX" (0-based position in the list).
 """
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,50 +51,6 @@ class Sample:
     source: str  # "path/to/manifest.jsonl:LINE" or "file.json:#INDEX"
 
 
-def read_manifest(
-    path: str | os.PathLike,
-    instruction: str = "Transcribe the audio.",
-    system: str | None = None,
-    on_bad: str = "error",
-) -> tuple[list[Sample], list[DataError]]:
-    """Read a `.jsonl` or LLaVA `.json` manifest into samples.
-
-    on_bad="error" raises the first bad row's DataError; on_bad="skip" returns the bad rows'
-    errors beside the good samples. Problems with the whole file (missing, unknown extension,
-    a `.json` that does not parse or is not a list) always raise.
-
-        samples, bad = read_manifest("data/train.jsonl", on_bad="skip")
-        samples[0].source  # "data/train.jsonl:1"
-    """
-    if on_bad not in ("error", "skip"):
-        raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
-    samples, errors = [], []
-    for item in iter_manifest(path, instruction=instruction, system=system):
-        if isinstance(item, Sample):
-            samples.append(item)
-        elif on_bad == "error":
-            raise item
-        else:
-            errors.append(item)
-    return samples, errors
-
-
-def iter_manifest(
-    path: str | os.PathLike, instruction: str = "Transcribe the audio.", system: str | None = None
-) -> Iterator["Sample | DataError"]:
-    """Yield one `Sample` or `DataError` per row, in file order (file-level problems raise)."""
-    path = str(path)
-    base = os.path.dirname(os.path.abspath(path))
-    for source, row in _iter_rows(path):
-        if isinstance(row, DataError):
-            yield row
-            continue
-        try:
-            yield Sample(parse_row(row, base, instruction, system), source)
-        except DataError as err:
-            yield DataError(source, err.reason)
-
-
 def parse_row(
     row, base: str, instruction: str = "Transcribe the audio.", system: str | None = None
 ) -> list[dict]:
@@ -104,7 +60,7 @@ def parse_row(
         # {"role": "assistant", "content": [{"type": "text", "text": "hi"}]}
     """
     if not isinstance(row, dict):
-        raise DataError("", f"row is a JSON {_json_type(row)}, expected an object: {ACCEPTED_ROWS}")
+        raise DataError("", f"row is a JSON {json_type(row)}, expected an object: {ACCEPTED_ROWS}")
     if "messages" in row:
         messages = _chat_messages(row["messages"], base)
         labels = [f"messages[{i}]" for i in range(len(messages))]
@@ -122,67 +78,10 @@ def parse_row(
     return messages
 
 
-# ----------------------------------------------------------------------------- reading rows
+# ----------------------------------------------------------------------------- helpers
 
 
-def _iter_rows(path: str) -> Iterator[tuple[str, object]]:
-    """(source, decoded row or DataError) for every row of the file."""
-    if not os.path.isfile(path):
-        raise DataError(path, "manifest file not found; check the path")
-    if path.lower().endswith(".jsonl"):
-        yield from _jsonl_rows(path)
-    elif path.lower().endswith(".json"):
-        yield from _json_rows(path)
-    else:
-        raise DataError(path, "unknown manifest extension; use .jsonl (one JSON object per line) "
-                              "or .json (a LLaVA list)")
-
-
-def _jsonl_rows(path: str) -> Iterator[tuple[str, object]]:
-    with open(path, "rb") as f:
-        data = f.read()
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        source = f"{path}:{number}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            yield source, DataError(source, _utf8_reason(err, "line"))
-            continue
-        line = line.lstrip("\ufeff") if number == 1 else line
-        if not line.strip():
-            continue
-        try:
-            yield source, json.loads(line)
-        except json.JSONDecodeError as err:
-            reason = f"invalid JSON at column {err.colno}: {err.msg}; each line must be one JSON object"
-            yield source, DataError(source, reason)
-
-
-def _json_rows(path: str) -> Iterator[tuple[str, object]]:
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8").lstrip("\ufeff")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataError(f"{path}:{line}", _utf8_reason(err, "file")) from None
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}", f"invalid JSON at column {err.colno}: {err.msg}") from None
-    if not isinstance(rows, list):
-        raise DataError(path, f"a .json manifest must be a list of LLaVA rows, got a JSON {_json_type(rows)}; "
-                              "use .jsonl for one object per line")
-    for index, row in enumerate(rows):
-        yield f"{path}:#{index}", row
-
-
-def _utf8_reason(err: UnicodeDecodeError, what: str) -> str:
-    offset = "" if what == "file" else f" at byte {err.start + 1}"
-    return f"{what} is not valid UTF-8{offset} ({err.reason}); re-save the manifest as UTF-8"
-
-
-def _json_type(value) -> str:
+def json_type(value) -> str:
     names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
     return names.get(type(value), "null")
 
@@ -199,7 +98,7 @@ def _chat_messages(messages, base: str) -> list[dict]:
 def _chat_message(message, where: str, base: str) -> dict:
     shape = '{"role": "user"|"assistant"|"system", "content": ...}'
     if not isinstance(message, dict):
-        raise DataError("", f"{where} is a JSON {_json_type(message)}; each message must be {shape}")
+        raise DataError("", f"{where} is a JSON {json_type(message)}; each message must be {shape}")
     for key in ("role", "content"):
         if key not in message:
             raise DataError("", f"{where} has no '{key}'; each message must be {shape}")
@@ -213,7 +112,7 @@ def _content(content, where: str, base: str) -> list[dict]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if not isinstance(content, list):
-        raise DataError("", f"{where} content must be a string or a list of parts, got a JSON {_json_type(content)}")
+        raise DataError("", f"{where} content must be a string or a list of parts, got a JSON {json_type(content)}")
     return [_part(p, f"{where}.content[{j}]", base) for j, p in enumerate(content)]
 
 
@@ -250,7 +149,7 @@ def media_part(kind: str, value, base: str, where: str) -> dict:
     if isinstance(value, dict) and isinstance(value.get("path"), str) and value["path"].strip():
         return {"type": kind, "path": _resolve(value["path"], base)}
     raise DataError("", f"{where} must be a path string or {{\"bytes\": ..., \"path\": ...}} with the file's "
-                        f"bytes, got {_json_type(value) if not isinstance(value, dict) else 'an object without either'}")
+                        f"bytes, got {json_type(value) if not isinstance(value, dict) else 'an object without either'}")
 
 
 def _resolve(path: str, base: str) -> str:

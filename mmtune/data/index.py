@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from mmtune.config import DataConfig
 from mmtune.data.encode import SampleEncoder, one_thread
-from mmtune.data.sources import fingerprint, open_source, read_sample
+from mmtune.data.sources import cache_folder, fingerprint, open_source, read_sample
 from mmtune.errors import DataError
 
 log = logging.getLogger("mmtune")
@@ -59,7 +59,7 @@ def load_index(path: str, encoder: SampleEncoder, data: DataConfig, num_workers:
                progress: bool = True):
     """-> (LengthIndex, source): read from the cache when its key matches, else built and cached."""
     started = time.perf_counter()
-    folder = index_folder(path)
+    folder = cache_folder(path)
     key = index_key(path, encoder, data)
     cache = os.path.join(folder, f"{key}.npz")
     if os.path.isfile(cache):
@@ -145,17 +145,6 @@ def _measure_chunk(job, bounds: tuple[int, int]):
                 values[name].append(value)
     columns = {c: np.array(values[c], dtype=t) for c, t in COLUMNS.items()}
     return columns, errors, bounds[1] - bounds[0]
-
-
-def index_folder(path: str) -> str:
-    """Beside the data when its folder is writable, else under ~/.cache/mmtune/index."""
-    path = os.path.abspath(path.rstrip("/"))
-    name = os.path.basename(path).replace("*", "_")
-    parent = os.path.dirname(path)
-    if os.access(parent, os.W_OK):
-        return os.path.join(parent, ".mmtune_index", name)
-    digest = hashlib.sha1(path.encode()).hexdigest()[:12]
-    return os.path.join(os.path.expanduser("~/.cache/mmtune/index"), f"{name}-{digest}")
 
 
 def index_key(path: str, encoder: SampleEncoder, data: DataConfig) -> str:

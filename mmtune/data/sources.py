@@ -19,13 +19,14 @@ scanning again. A row is read when it is drawn, in whichever process draws it.
 """
 
 import glob
+import hashlib
 import json
 import os
 import tarfile
 
 import numpy as np
 
-from mmtune.data.formats import Sample, parse_row
+from mmtune.data.formats import Sample, json_type, parse_row
 from mmtune.errors import DataError
 
 AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus")
@@ -85,6 +86,48 @@ def read_sample(source, i: int, instruction: str = "Transcribe the audio.", syst
         raise DataError(label, err.reason) from None
 
 
+def iter_samples(path: str, instruction: str = "Transcribe the audio.", system: str | None = None,
+                 columns: dict | None = None):
+    """Yield one Sample or DataError per row of `path`, in row order (problems with the whole file raise)."""
+    path = str(path)
+    source = open_source(path, cache_folder(path), columns)
+    for i in range(len(source)):
+        try:
+            yield read_sample(source, i, instruction, system)
+        except DataError as err:
+            yield err
+
+
+def read_manifest(path, instruction: str = "Transcribe the audio.", system: str | None = None,
+                  on_bad: str = "error") -> tuple[list[Sample], list[DataError]]:
+    """Every row of a (small) source as Samples, for tools and tests; training reads rows when drawn.
+
+    on_bad="error" raises the first bad row's DataError; "skip" returns the bad rows' errors beside.
+        samples, bad = read_manifest("data/train.jsonl", on_bad="skip")
+        samples[0].source  # "data/train.jsonl:1"
+    """
+    if on_bad not in ("error", "skip"):
+        raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
+    samples, errors = [], []
+    for item in iter_samples(str(path), instruction, system):
+        if isinstance(item, DataError) and on_bad == "error":
+            raise item
+        (errors if isinstance(item, DataError) else samples).append(item)
+    return samples, errors
+
+
+def cache_folder(path: str) -> str:
+    """Where files made from a source are kept (its length index, a .json list as JSON lines): beside
+    the data when its folder is writable, else under ~/.cache/mmtune/index."""
+    path = os.path.abspath(path.rstrip("/"))
+    name = os.path.basename(path).replace("*", "_")
+    parent = os.path.dirname(path)
+    if os.access(parent, os.W_OK):
+        return os.path.join(parent, ".mmtune_index", name)
+    digest = hashlib.sha1(path.encode()).hexdigest()[:12]
+    return os.path.join(os.path.expanduser("~/.cache/mmtune/index"), f"{name}-{digest}")
+
+
 def open_source(path: str, index_dir: str, columns: dict | None = None, arrays: dict | None = None):
     """The source at `path` (kind from the extension); `arrays` from a cached index skip the scan."""
     kind = source_kind(path)
@@ -117,7 +160,9 @@ class JsonlSource:
         return {"offsets": self.offsets, "lines": self.lines}
 
     def label(self, i: int) -> str:
-        return f"{self.path}:#{self.lines[i]}" if self.list_positions else f"{self.path}:{self.lines[i]}"
+        if self.list_positions:  # line k + 1 of the rewritten file is item k of the list
+            return f"{self.path}:#{int(self.lines[i]) - 1}"
+        return f"{self.path}:{self.lines[i]}"
 
     def shard_numbers(self, rows):
         return None  # one file: no shards to read in turn
@@ -180,8 +225,7 @@ def _json_as_jsonl(path: str, index_dir: str) -> str:
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}", f"invalid JSON at column {err.colno}: {err.msg}") from None
     if not isinstance(rows, list):
-        kind = type(rows).__name__.replace("dict", "object")
-        raise DataError(path, f"a .json manifest must be a list of LLaVA rows, got a JSON {kind}; "
+        raise DataError(path, f"a .json manifest must be a list of LLaVA rows, got a JSON {json_type(rows)}; "
                               "use .jsonl for one object per line")
     os.makedirs(index_dir, exist_ok=True)
     out = os.path.join(index_dir, "rows.jsonl")

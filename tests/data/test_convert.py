@@ -7,7 +7,7 @@ import soundfile as sf
 
 from mmtune.cli import main
 from mmtune.data.convert import ConvertReport, librispeech_to_manifest, table_to_manifest
-from mmtune.data.formats import read_manifest
+from mmtune.data.sources import read_manifest
 from mmtune.errors import DataError
 
 

@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from mmtune.data.formats import Sample, iter_manifest, parse_row, read_manifest
+from mmtune.data.formats import Sample, parse_row
+from mmtune.data.sources import iter_samples as iter_manifest, read_manifest
 from mmtune.errors import DataError
 
 
@@ -145,7 +146,7 @@ def test_missing_file_and_unknown_extension(tmp_path):
         read_manifest(tmp_path / "nope.jsonl")
     csv = tmp_path / "rows.csv"
     csv.write_text("a,b\n")
-    with pytest.raises(DataError, match=r"unknown manifest extension; use \.jsonl .* or \.json"):
+    with pytest.raises(DataError, match=r"unknown data extension '\.csv'; use \.jsonl .*, \.json .*\.parquet"):
         read_manifest(csv)
 
 
