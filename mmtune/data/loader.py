@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from mmtune.config import DataConfig
 from mmtune.data.dataset import MultimodalDataset
+from mmtune.data.encode import one_thread
 from mmtune.data.index import quiet_tokenizers_in_forks
 from mmtune.errors import DataError
 from mmtune.data.stream import BatchStream
@@ -96,14 +97,14 @@ def fits(lengths: list[int], budget: int | None, padded: bool) -> bool:
 class Draws(Dataset):
     """BatchKey -> {"batch", "skipped", "longer", "dropped", "error", "after"}, made in a worker.
 
-    mode "train": `dataset.example` (augmented when the dataset trains); "prompt": generation prompts.
+    mode "example": `dataset.example` (augmented when the dataset trains); "prompt": generation prompts.
     collate None: the batch is the list of Examples.
     Errors travel back as (source, reason) ("skipped": (sample, source, reason)): the main process raises
     or counts them.
     """
 
     def __init__(self, dataset: MultimodalDataset, collate, pad_token_id: int, budget: int | None = None,
-                 padded: bool = True, mode: str = "train", on_bad: str = "error", workers: int = 0):
+                 padded: bool = True, mode: str = "example", on_bad: str = "error", workers: int = 0):
         self.dataset, self.collate, self.pad_token_id = dataset, collate, pad_token_id
         self.budget, self.padded, self.mode, self.on_bad = budget, padded, mode, on_bad
         self.slots = multiprocessing.Array("q", 2 * max(workers, 1), lock=False)  # (pid, sample) per worker
@@ -112,15 +113,18 @@ class Draws(Dataset):
         out = {"batch": None, "skipped": [], "longer": [], "dropped": [], "error": None, "after": key.after,
                "rows": key.rows}
         pairs = []  # (sample number, Example)
-        for k in key.rows:
-            self._mark(k)
-            try:
-                pairs.append((k, self.dataset.example(k, key.epoch) if self.mode == "train" else self.dataset.prompt(k)))
-            except DataError as e:
-                if self.on_bad == "error":
-                    out["error"] = (e.source, e.reason)
-                    return out
-                out["skipped"].append((k, e.source, e.reason))
+        with one_thread():  # a no-op in a worker (already one thread); in the main process, as fast and fair
+            for k in key.rows:
+                self._mark(k)
+                try:
+                    example = self.dataset.example(k, key.epoch) if self.mode == "example" else self.dataset.prompt(k)
+                except DataError as e:
+                    if self.on_bad == "error":
+                        out["error"] = (e.source, e.reason)
+                        return out
+                    out["skipped"].append((k, e.source, e.reason))
+                    continue
+                pairs.append((k, example))
         examples = self._keep_budget(pairs, out)
         if examples:
             out["batch"] = self.collate(examples, self.pad_token_id) if self.collate else examples

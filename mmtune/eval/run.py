@@ -55,9 +55,9 @@ def evaluate(model, tokenizer, dataset: MultimodalDataset, metrics=("loss", "wer
 
 def _drawn(dataset: MultimodalDataset, keys: list[BatchKey], mode: str, pad_token_id: int, desc: str,
            progress: bool):
-    """The drawn batches of `keys` (mode "train": padded batches; "prompt": lists of prompts), with a bar."""
+    """The drawn batches of `keys` (mode "example": padded batches; "prompt": lists of prompts), with a bar."""
     data = dataset.encoder.data
-    draws = Draws(dataset, collate_padded if mode == "train" else None, pad_token_id, mode=mode,
+    draws = Draws(dataset, collate_padded if mode == "example" else None, pad_token_id, mode=mode,
                   on_bad=data.on_bad_sample, workers=data.num_workers)
     items = draw_batches(draws, keys, data)
     return tqdm(items, total=len(keys), desc=desc, unit="batch", disable=not progress, leave=False)
@@ -68,7 +68,7 @@ def eval_loss(model, dataset: MultimodalDataset, keys: list[BatchKey], pad_token
     """Summed token loss over every supervised token / their count, from padded batches, no grad."""
     loss_sum, num_tokens = 0.0, 0
     with eval_mode(model):
-        for item in _drawn(dataset, keys, "train", pad_token_id, "eval loss", progress):
+        for item in _drawn(dataset, keys, "example", pad_token_id, "eval loss", progress):
             if item["batch"] is None:
                 continue
             out = model(**to_device(item["batch"], model_device(model)))
