@@ -101,8 +101,7 @@ class SampleEncoder:
         with named(sample.source):
             audio = [self.audio_features(p, rng) for p in _parts(sample.messages, "audio")]
             images = [self.image_pixels(p) for p in _parts(sample.messages, "image")]
-            counts = {"audio": [num_audio_tokens(a.shape[-1], self.spec.audio_stack) for a in audio],
-                      "image": [self.spec.image_tokens] * len(images)}
+            counts = self._counts([a.shape[-1] for a in audio], len(images))
             ids, labels, runs, _ = self._render(sample, counts)
         if self.train and self.data.augment.spec_augment:
             audio = self._mask(audio, rng)
@@ -116,8 +115,7 @@ class SampleEncoder:
             for part in images:
                 self._check_image_ref(part)
             frames = [max(_frames(n, f) for f in self.usable_speeds(n)) for n in clips]
-            counts = {"audio": [num_audio_tokens(t, self.spec.audio_stack) for t in frames],
-                      "image": [self.spec.image_tokens] * len(images)}
+            counts = self._counts(frames, len(images))
             ids, labels, runs, truncated = self._render(sample, counts)
         return Measure(len(ids), int((labels != IGNORE_INDEX).sum()), sum(clips) / SAMPLE_RATE, runs["audio"],
                        runs["image"], truncated)
@@ -128,10 +126,14 @@ class SampleEncoder:
         with named(sample.source):
             audio = [self.audio_features(p) for p in _parts(messages, "audio")]
             images = [self.image_pixels(p) for p in _parts(messages, "image")]
-            counts = {"audio": [num_audio_tokens(a.shape[-1], self.spec.audio_stack) for a in audio],
-                      "image": [self.spec.image_tokens] * len(images)}
+            counts = self._counts([a.shape[-1] for a in audio], len(images))
             ids = render_prompt(self.tokenizer, messages, counts)
         return Example(ids, torch.full_like(ids, IGNORE_INDEX), audio, images, sample.source)
+
+    def _counts(self, audio_frames: list[int], images: int) -> dict[str, list[int]]:
+        """Placeholder tokens of each clip (from its mel frames) and each image."""
+        return {"audio": [num_audio_tokens(t, self.spec.audio_stack) for t in audio_frames],
+                "image": [self.spec.image_tokens] * images}
 
     def _render(self, sample: Sample, counts: dict):
         """-> input_ids (T,), labels (T,), media kept {"audio": k, "image": m}, whether the text was cut."""
