@@ -61,20 +61,27 @@ class BatchStream:
         self.load_state_dict(start or {"epoch": 0, "index": 0})
 
     def next(self) -> list[int]:
-        if self.index >= len(self._plan):
+        if self.index >= self.batches_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
-            self._plan = plan_epoch(self.lengths, self.data, self.seed + self.epoch, self.shards)
-        batch = self._plan[self.index]
+            self._set_plan()
+        batch = self._rows[self._starts[self.index]: self._starts[self.index + 1]].tolist()
         self.index += 1
         return batch
+
+    def _set_plan(self) -> None:
+        """This epoch's plan kept as two arrays (rows in batch order, batch starts): 4 bytes a row
+        rather than a Python int each, at a million rows too."""
+        plan = plan_epoch(self.lengths, self.data, self.seed + self.epoch, self.shards)
+        self._rows = np.fromiter((k for b in plan for k in b), dtype=np.int32)
+        self._starts = np.cumsum([0] + [len(b) for b in plan])
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.index = state["epoch"], state["index"]
-        self._plan = plan_epoch(self.lengths, self.data, self.seed + self.epoch, self.shards)
+        self._set_plan()
 
     @property
     def batches_per_epoch(self) -> int:
-        return len(self._plan)
+        return len(self._starts) - 1

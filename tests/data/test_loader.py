@@ -156,3 +156,17 @@ def test_tar_shards_are_planned_a_window_of_shards_at_a_time(tmp_path, tokenizer
         order = [w.pop() for w in per_batch]
         assert order == sorted(order) and sorted(visit) == list(range(8))  # window after window, all shards
     assert plan_epoch(dataset.lengths, data, 0, shards) != plan_epoch(dataset.lengths, data, 1, shards)
+
+
+def test_the_stream_gives_each_epoch_plan_in_order_and_resumes_mid_epoch():
+    from mmtune.data.stream import BatchStream, plan_epoch
+
+    lengths = np.random.default_rng(0).integers(5, 60, 101)
+    data = DataConfig(batching="packed", max_tokens_per_batch=150)
+    stream = BatchStream(lengths, data, seed=4)
+    n0 = stream.batches_per_epoch
+    drawn = [stream.next() for _ in range(n0 + 3)]
+    assert drawn[:n0] == plan_epoch(lengths, data, 4) and drawn[n0:] == plan_epoch(lengths, data, 5)[:3]
+    resumed = BatchStream(lengths, data, seed=4, start={"epoch": 0, "index": n0 - 2})
+    assert [resumed.next() for _ in range(5)] == drawn[n0 - 2: n0 + 3]
+    assert resumed.state_dict() == stream.state_dict() == {"epoch": 1, "index": 3}
