@@ -69,7 +69,10 @@ def load_index(path: str, encoder: SampleEncoder, data: DataConfig, num_workers:
         return index, source
     source = open_source(path, folder, data.columns)
     index = build_index(source, encoder, data, num_workers, progress)
-    _write(cache, index, source.arrays())
+    try:
+        _write(cache, index, source.arrays())
+    except OSError as err:  # a full disk or a folder that turned out read-only: this run goes on without it
+        log.warning("could not cache the length index in %s (%s); the next run builds it again", cache, err)
     index.seconds = time.perf_counter() - started
     log.info("indexed %s: %d rows in %.1f s (%d unusable); cached in %s", path, index.source_rows,
              index.seconds, len(index.skipped), cache)

@@ -246,6 +246,7 @@ class HFSource:
         self.path, self.columns = path, dict(columns or {})
         self.base = os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else os.path.abspath(path)
         self.dataset = _load_hf(path)
+        self.rows = self.dataset.with_format("arrow")  # row i -> a one-row pyarrow Table, nothing decoded
         missing = sorted(set(self.columns.values()) - set(self.dataset.column_names))
         if missing:
             raise DataError(path, f"data.columns names {missing}, which the dataset lacks; its columns are "
@@ -264,7 +265,7 @@ class HFSource:
         return None  # memory-mapped Arrow: any row is as near as any other
 
     def row(self, i: int):
-        raw = self.dataset.data.slice(int(i), 1).to_pylist()[0]  # Arrow storage: media as {"bytes", "path"}
+        raw = self.rows[int(i)].to_pylist()[0]  # Arrow storage (media as {"bytes", "path"}), indices applied
         renamed = {key: raw[column] for key, column in self.columns.items()}
         return self.label(i), {**{k: v for k, v in raw.items() if k not in self.columns.values()}, **renamed}
 
