@@ -165,7 +165,8 @@ def _asr_messages(row: dict, base: str, instruction: str) -> list[dict]:
         raise DataError("", f"ASR row needs 'audio' as a path string beside 'text', e.g. {ASR_EXAMPLE}")
     if not isinstance(text, str):
         raise DataError("", f"ASR row needs 'text' as the transcript string beside 'audio', e.g. {ASR_EXAMPLE}")
-    prompt = row.get("instruction", instruction)
+    prompt = row.get("instruction")
+    prompt = instruction if prompt is None else prompt  # a null instruction (an optional column) is the default
     if not isinstance(prompt, str):
         raise DataError("", "'instruction' must be a string (the prompt placed after the audio)")
     user = [media_part("audio", audio, base, "'audio'")]

@@ -134,8 +134,11 @@ def open_source(path: str, index_dir: str, columns: dict | None = None, arrays: 
     if kind == "jsonl":
         return JsonlSource(path, path, arrays)
     if kind == "json":
-        return JsonlSource(path, _json_as_jsonl(path, index_dir) if arrays is None else
-                           os.path.join(index_dir, "rows.jsonl"), arrays, list_positions=True)
+        rows = _json_lines_file(path, index_dir)
+        if not os.path.isfile(rows):
+            _json_as_jsonl(path, rows)
+            arrays = None  # offsets of a copy made now are scanned now
+        return JsonlSource(path, rows, arrays, list_positions=True)
     if kind == "hf":
         return HFSource(path, columns)
     return TarSource(path, arrays)
@@ -207,8 +210,15 @@ def decode_json_line(raw: bytes, label: str, first: bool = False):
         return DataError(label, f"invalid JSON at column {err.colno}: {err.msg}; each line must be one JSON object")
 
 
-def _json_as_jsonl(path: str, index_dir: str) -> str:
-    """A LLaVA .json list rewritten as JSON lines in the index folder (the list is read once, here).
+def _json_lines_file(path: str, index_dir: str) -> str:
+    """The JSON-lines copy of a .json list, named by the list file's size and mtime: a cached index's
+    offsets always point into the copy of the very file they were measured on."""
+    digest = hashlib.sha1(json.dumps(fingerprint(path)).encode()).hexdigest()[:12]
+    return os.path.join(index_dir, f"rows-{digest}.jsonl")
+
+
+def _json_as_jsonl(path: str, out: str) -> str:
+    """A LLaVA .json list rewritten as JSON lines at `out` (the list is read once, here).
     Line k + 1 holds list item k, so labels keep the list position "file.json:#k"."""
     if not os.path.isfile(path):
         raise DataError(path, "manifest file not found; check the path")
@@ -227,12 +237,12 @@ def _json_as_jsonl(path: str, index_dir: str) -> str:
     if not isinstance(rows, list):
         raise DataError(path, f"a .json manifest must be a list of LLaVA rows, got a JSON {json_type(rows)}; "
                               "use .jsonl for one object per line")
-    os.makedirs(index_dir, exist_ok=True)
-    out = os.path.join(index_dir, "rows.jsonl")
-    with open(out + ".tmp", "w", encoding="utf-8") as f:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = f"{out}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(out + ".tmp", out)
+    os.replace(tmp, out)
     return out
 
 
@@ -301,7 +311,7 @@ class TarSource:
         self.base = os.path.dirname(os.path.abspath(self.shards[0]))
         self.table = arrays if arrays is not None else _scan_shards(self.shards)
         self.keys = self.table["keys"]
-        self._handles: dict = {}
+        self._handle = None  # (pid, shard, file) of the one shard this process reads now
 
     def __len__(self) -> int:
         return len(self.table["shard"])
@@ -331,14 +341,16 @@ class TarSource:
 
     def _read(self, i: int, offset: str, size: str) -> bytes:
         shard = int(self.table["shard"][i])
-        handle = self._handles.get(shard)
-        if handle is None or handle[0] != os.getpid():
-            handle = self._handles[shard] = (os.getpid(), open(self.shards[shard], "rb"))
-        handle[1].seek(int(self.table[offset][i]))
-        return handle[1].read(int(self.table[size][i]))
+        if self._handle is None or self._handle[:2] != (os.getpid(), shard):
+            if self._handle is not None and self._handle[0] == os.getpid():
+                self._handle[2].close()  # one open shard per process, however many shards there are
+            self._handle = (os.getpid(), shard, open(self.shards[shard], "rb"))
+        f = self._handle[2]
+        f.seek(int(self.table[offset][i]))
+        return f.read(int(self.table[size][i]))
 
     def __getstate__(self):
-        return {**self.__dict__, "_handles": {}}
+        return {**self.__dict__, "_handle": None}
 
 
 ALL_EXTENSIONS = AUDIO_EXTENSIONS + IMAGE_EXTENSIONS

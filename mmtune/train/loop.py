@@ -26,7 +26,7 @@ from mmtune.data.encode import MediaSpec
 from mmtune.data.example import IGNORE_INDEX, to_device
 from mmtune.data.loader import Draws, DrawLog, PlanSampler, draw_batches
 from mmtune.data.stream import batch_budget
-from mmtune.errors import MmtuneError
+from mmtune.errors import DataError, MmtuneError
 from mmtune.eval.run import evaluate, write_predictions
 from mmtune.model.build import build_model
 from mmtune.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
@@ -168,8 +168,9 @@ class _Run:
 
     def _micro_batch(self) -> dict:
         """The next micro-batch of this process (process r takes every r-th of the global plan); a batch
-        whose every row was skipped is passed over."""
-        while True:
+        whose every row was skipped is passed over (but not forever: more empty batches in a row than
+        there are samples means every row fails when decoded)."""
+        for _ in range(len(self.train_set) + 1):
             started = time.perf_counter()
             item = next(self.batches)
             self.data_wait += time.perf_counter() - started
@@ -177,6 +178,9 @@ class _Run:
             self.draws.add(item)
             if item["batch"] is not None:
                 return to_device(item["batch"], self.acc.device)
+        raise DataError(self.cfg.data.train, f"every row fails when decoded ({len(self.draws.skipped)} skipped, "
+                                             f"e.g. {next(iter(self.draws.skipped.values()), ('', ''))[1]}); run "
+                                             f"`mmtune data check` on it")
 
     def evaluate(self, step: int, tracker) -> dict:
         if self.eval_set is None or not self.acc.is_main_process:

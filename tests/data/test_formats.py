@@ -349,3 +349,9 @@ def test_part_missing_path_or_text(tmp_path):
     row = {"messages": [{"role": "user", "content": ["hi"]}, {"role": "assistant", "content": "a"}]}
     err = one_error(tmp_path, row)
     assert err.reason == 'messages[0].content[0] must be an object such as {"type": "text", "text": "..."}'
+
+
+def test_a_null_instruction_is_the_default_one(tmp_path):
+    (sample,), _ = read_manifest(write_jsonl(tmp_path, [{"audio": "a.flac", "text": "hi", "instruction": None}]),
+                                 instruction="Say it.")
+    assert sample.messages[0]["content"][1] == {"type": "text", "text": "Say it."}

@@ -170,3 +170,28 @@ def test_the_stream_gives_each_epoch_plan_in_order_and_resumes_mid_epoch():
     resumed = BatchStream(lengths, data, seed=4, start={"epoch": 0, "index": n0 - 2})
     assert [resumed.next() for _ in range(5)] == drawn[n0 - 2: n0 + 3]
     assert resumed.state_dict() == stream.state_dict() == {"epoch": 1, "index": 3}
+
+
+def test_a_json_list_restored_to_an_earlier_version_reads_that_version(tmp_path, tokenizer_dir):
+    cfg = load_config(write_asr_run(tmp_path, tokenizer_dir))
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    llava = [{"conversations": [{"from": "human", "value": "Transcribe."}, {"from": "gpt", "value": r["text"]}]}
+             for r in rows]
+    path = tmp_path / "train.json"
+    data = DataConfig(num_workers=0)
+    spec = MediaSpec.from_config(cfg.model, data)
+    tokenizer = load_tokenizer(tokenizer_dir)
+
+    def answers():
+        ds = MultimodalDataset.load(str(path), tokenizer, spec, data, progress=False)
+        return [ds.sample(k).messages[-1]["content"][0]["text"] for k in range(len(ds))], ds.index.cached
+
+    path.write_text(json.dumps(llava[:6]))
+    stamp = os.stat(path).st_mtime_ns
+    first, _ = answers()
+    path.write_text(json.dumps(llava[6:]))  # another version of the file
+    assert answers()[0] == [r["text"] for r in rows[6:]]
+    path.write_text(json.dumps(llava[:6]))
+    os.utime(path, ns=(stamp, stamp))  # restored with its old mtime (cp -p, rsync -a): the old index matches
+    again, cached = answers()
+    assert cached and again == first == [r["text"] for r in rows[:6]]

@@ -128,3 +128,16 @@ def test_two_processes_match_one_process_accumulating_twice(tmp_path, tokenizer_
     assert sorted(one) == sorted(two) == [1, 2, 3]
     for step in one:
         assert abs(one[step] - two[step]) < 1e-5, (step, one[step], two[step])
+
+
+def test_a_run_whose_every_row_fails_when_decoded_stops_with_an_error(tmp_path, tokenizer_dir, capsys):
+    cfg = write_asr_run(tmp_path, tokenizer_dir, rows=4)
+    for wav in (tmp_path / "audio").glob("*.wav"):  # headers intact, samples NaN: only decoding finds it
+        import numpy as np
+        import soundfile as sf
+
+        wave, rate = sf.read(wav, dtype="float32")
+        wave[5] = np.nan
+        sf.write(wav, wave, rate, subtype="FLOAT")
+    assert main(["train", cfg, "max_steps=2", "data.on_bad_sample=skip", "data.eval=null"]) == 1
+    assert "every row fails when decoded (4 skipped" in capsys.readouterr().err
