@@ -21,6 +21,8 @@ import logging
 import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,10 +100,17 @@ def map_chunks(fn, job, chunks: list, num_workers: int, bar) -> list:
     if num_workers > 0 and len(chunks) > 1:
         quiet_tokenizers_in_forks()
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with context.Pool(min(num_workers, len(chunks)), initializer=_init_worker, initargs=(fn, job)) as pool:
-            for result in pool.imap(_run_chunk, chunks):
-                results.append(result)
-                bar.update(result[-1])
+        with ProcessPoolExecutor(min(num_workers, len(chunks)), mp_context=context, initializer=_init_worker,
+                                 initargs=(fn, job)) as pool:
+            try:  # a pool whose worker dies raises here (multiprocessing.Pool would wait forever)
+                for result in pool.map(_run_chunk, chunks):
+                    results.append(result)
+                    bar.update(result[-1])
+            except BrokenProcessPool:
+                done = sum(r[-1] for r in results)
+                raise DataError(str(getattr(job[0], "path", "data")), f"a worker process died after {done} rows "
+                                f"(killed for memory, or a crash in a media library); run again with "
+                                f"data.num_workers=0 to see the row, or `mmtune data check` on the data") from None
     else:
         for chunk in chunks:
             results.append(fn(job, chunk))

@@ -177,8 +177,8 @@ def draw_batches(draws: Draws, keys, data: DataConfig):
             item = next(items)
         except StopIteration:
             return
-        except RuntimeError as e:
-            raise _worker_died(draws, e) from None
+        except (RuntimeError, OSError, EOFError) as e:  # OSError/EOFError: a dead worker's half-sent batch
+            raise worker_error(draws, e) from None
         if item["error"] is not None:
             raise DataError(*item["error"])
         yield item
@@ -196,15 +196,36 @@ def encode_all(dataset: MultimodalDataset, epoch: int = 0) -> tuple[list, DrawLo
     return examples, drawn
 
 
-def _worker_died(draws: Draws, error: RuntimeError) -> Exception:
+def worker_error(draws: Draws, error: Exception) -> Exception:
+    """The error naming the row a dead worker was on, or `error` itself when no worker died.
+
+    torch's SIGCHLD handler raises its RuntimeError wherever the main thread is when a worker dies,
+    not only inside `next()`; so the training loop passes what it catches through this too."""
     # torch says "DataLoader worker (pid(s) 123, 456) exited unexpectedly" or "... (pid 123) is killed by signal"
     match = re.search(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\)", str(error))
-    if match is None:
+    pids = [int(p) for p in re.findall(r"\d+", match.group(1))] if match else _dead_workers(draws)
+    if not pids:
         return error
-    for pid in (int(p) for p in re.findall(r"\d+", match.group(1))):
+    for pid in pids:
         k = draws.row_of(pid)
         if k is not None:
             return DataError(draws.dataset.label(k), f"a data worker (pid {pid}) died while encoding this row "
                                                      f"({error}); check the row's media with `mmtune data check`, "
                                                      f"or drop the row")
     return DataError("data worker", f"{error}; run `mmtune data check` on the data")
+
+
+def _dead_workers(draws: Draws) -> list[int]:
+    """Pids of the workers in `draws.slots` that have exited (gone, or a zombie not yet reaped); Linux /proc."""
+    dead = []
+    for slot in range(len(draws.slots) // 2):
+        pid = int(draws.slots[2 * slot])
+        if pid <= 0 or pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    dead.append(pid)
+        except OSError:
+            dead.append(pid)
+    return dead

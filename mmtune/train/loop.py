@@ -24,7 +24,7 @@ from mmtune.config import Config, ConfigError, to_dict
 from mmtune.data.dataset import MultimodalDataset
 from mmtune.data.encode import MediaSpec
 from mmtune.data.example import IGNORE_INDEX, to_device
-from mmtune.data.loader import Draws, DrawLog, PlanSampler, draw_batches
+from mmtune.data.loader import Draws, DrawLog, PlanSampler, draw_batches, worker_error
 from mmtune.data.stream import batch_budget
 from mmtune.errors import DataError, MmtuneError
 from mmtune.eval.run import evaluate, write_predictions
@@ -104,12 +104,15 @@ class _Run:
         collate = collate_packed if data.batching == "packed" else collate_padded
         draws = Draws(train_set, collate, tokenizer.pad_token_id, batch_budget(train_set.lengths, data),
                       padded=data.batching == "padded", on_bad=data.on_bad_sample, workers=data.num_workers)
+        self.draw_source = draws
         self.batches = draw_batches(draws, sampler, data)
 
     def loop(self, start_step: int) -> dict:
         tracker = Tracker(self.out, resume_step=start_step) if self.acc.is_main_process else None
         try:
             return self._steps(start_step, tracker)
+        except RuntimeError as e:  # a data worker died while the loop was elsewhere than next(batches)
+            raise worker_error(self.draw_source, e) from None
         finally:
             self.batches.close()  # the data workers exit now, not when the run object is collected
             if tracker:

@@ -14,7 +14,7 @@ from mmtune.collators import collate_packed
 from mmtune.config import AugmentConfig, DataConfig, load_config
 from mmtune.data.dataset import MultimodalDataset
 from mmtune.data.encode import MediaSpec
-from mmtune.data.loader import BatchKey, Draws, PlanSampler, draw_batches, encode_all
+from mmtune.data.loader import BatchKey, Draws, PlanSampler, draw_batches, encode_all, worker_error
 from mmtune.data.stream import batch_budget
 from mmtune.errors import DataError
 from mmtune.model.tokenizer import load_tokenizer
@@ -127,8 +127,21 @@ def test_a_worker_that_dies_is_an_error_naming_its_row(tmp_path, tokenizer_dir):
     dataset = DiesOnRow(good.source, good.index, good.encoder)
     data = DataConfig(num_workers=2)
     keys = [BatchKey(0, (k,)) for k in range(len(dataset))]
-    with pytest.raises(DataError) as info:
-        list(draw_batches(Draws(dataset, collate_packed, 0, workers=2), keys, data))
+
+    def run():
+        draws = Draws(dataset, collate_packed, 0, workers=2)
+        try:  # as the training loop does: torch may raise the worker's death anywhere in this thread
+            list(draw_batches(draws, keys, data))
+        except (RuntimeError, EOFError) as e:
+            raise worker_error(draws, e) from None
+
+    for attempt in range(3):  # torch's SIGCHLD RuntimeError can also land after the DataError: then try again
+        try:
+            with pytest.raises(DataError) as info:
+                run()
+            break
+        except RuntimeError:
+            continue
     assert info.value.source == f"{tmp_path / 'train.jsonl'}:6" and "died while encoding this row" in info.value.reason
 
 
@@ -195,3 +208,22 @@ def test_a_json_list_restored_to_an_earlier_version_reads_that_version(tmp_path,
     os.utime(path, ns=(stamp, stamp))  # restored with its old mtime (cp -p, rsync -a): the old index matches
     again, cached = answers()
     assert cached and again == first == [r["text"] for r in rows[:6]]
+
+
+def _dies_on_chunk_two(job, chunk):
+    if chunk == 2:
+        os._exit(3)
+    return chunk, 1
+
+
+def test_an_index_worker_that_dies_is_an_error_not_a_hang():
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from mmtune.data.index import map_chunks
+
+    job = (SimpleNamespace(path="data/train.jsonl"),)
+    assert [r[0] for r in map_chunks(_dies_on_chunk_two, job, [0, 1, 3], 2, tqdm(disable=True))] == [0, 1, 3]
+    with pytest.raises(DataError, match=r"data/train.jsonl: a worker process died after \d rows"):
+        map_chunks(_dies_on_chunk_two, job, [0, 1, 2, 3], 2, tqdm(disable=True))
