@@ -1,11 +1,14 @@
-"""The `mmtune` command. Each subcommand parses its arguments and calls one library function."""
+"""The `mmtune` command. Each subcommand parses its arguments and calls one library function.
+Every subcommand's --help says what it is for, what each option means (with its default) and
+gives an example; `tests/test_cli.py` holds them to that.
+"""
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
+from mmtune import __version__
 from mmtune.errors import MmtuneError
 
 EPILOG = """examples:
@@ -23,10 +26,30 @@ EPILOG = """examples:
 """
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; each option's help ends with its default (when it has one)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and "%(default)" not in text
+                and action.default not in (None, False, argparse.SUPPRESS, [])):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _command(sub, name: str, purpose: str, description: str = "", examples: str = ""):
+    """A subcommand with its one-line purpose, a longer description and an examples epilog."""
+    return sub.add_parser(name, help=purpose, formatter_class=HelpFormatter,
+                          description=purpose + ("\n\n" + description if description else ""),
+                          epilog="examples:\n" + examples if examples else None)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from mmtune.console import setup_logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    setup_logging(all_processes=getattr(args, "log_all_processes", False) or None)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
@@ -42,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mmtune", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        prog="mmtune", formatter_class=HelpFormatter, epilog=EPILOG,
         description="Fine-tune speech and vision-language models: any Whisper / CLIP / SigLIP encoder bridged "
-                    "into any Hugging Face causal LLM through projectors and LoRA.")
+                    "into any Hugging Face causal LLM through projectors and LoRA.\n"
+                    "`mmtune COMMAND --help` explains a command.")
+    parser.add_argument("--version", action="version", version=f"mmtune {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
@@ -58,14 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train from a YAML config", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train, evaluate and report. Overrides are key.sub=value (YAML values); short "
-                                   "forms: output_dir=DIR max_steps=N seed=N resume=auto|PATH lr=X.",
-                       epilog="writes OUTPUT_DIR/{metrics.jsonl, checkpoint-N/, final/, eval.json, report.md, "
-                              "curves.png, predictions.jsonl}\n\nexample:\n  mmtune train "
-                              "examples/speech_digits/config.yaml train.lr=3e-4 data.batching=packed")
+    p = _command(
+        sub, "train", "train from a YAML config, evaluate, and write a report",
+        "Overrides are key.sub=value with YAML values; short forms: output_dir=DIR max_steps=N epochs=X seed=N\n"
+        "resume=auto|PATH lr=X. A run is train.max_steps steps or train.epochs passes over the data.\n"
+        "With train.best_metric (loss, wer, cer: lower is better; accuracy: higher) the best evaluated\n"
+        "checkpoint is kept and final/ holds it; train.early_stopping_patience=N stops after N evaluations\n"
+        "without improvement. Writes OUTPUT_DIR/{metrics.jsonl, checkpoint-N/, final/, eval.json, report.md,\n"
+        "curves.png, predictions.jsonl}. Progress redraws on a terminal and is written as plain lines every\n"
+        "30 s when output goes to a file.",
+        "  mmtune train examples/speech_digits/config.yaml\n"
+        "  mmtune train examples/speech_digits/config.yaml train.lr=3e-4 data.batching=packed\n"
+        "  mmtune train config.yaml max_steps=null epochs=3 train.best_metric=wer train.early_stopping_patience=2\n"
+        "  mmtune train config.yaml resume=auto                 continue from the newest checkpoint-N\n"
+        "  accelerate launch --num_processes 2 -m mmtune.cli train config.yaml")
     p.add_argument("config", help="YAML config file (see examples/*/config.yaml)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=3e-4 data.batch_size=8")
+    p.add_argument("--log-all-processes", action="store_true",
+                   help="under several processes, print every process's INFO lines (default: process 0's only)")
     p.set_defaults(run=_run_train)
 
 
@@ -80,19 +116,28 @@ def _run_train(args) -> int:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a manifest (WER, CER, accuracy, loss)",
-                       description="WER/CER use the normalizer in mmtune.eval.metrics.normalize_text (lowercase, "
-                                   "NFKC, punctuation removed, whitespace collapsed); accuracy is exact match "
-                                   "after the same normalization.")
-    p.add_argument("--checkpoint", required=True, help="a folder written by mmtune train (OUTPUT_DIR/final)")
-    p.add_argument("--data", required=True, help="manifest (JSONL or LLaVA JSON)")
-    p.add_argument("--json", help="write metrics here")
+    p = _command(
+        sub, "eval", "evaluate a checkpoint on a manifest (loss, WER, CER, accuracy)",
+        "WER/CER use the normalizer in mmtune.eval.metrics.normalize_text (lowercase, NFKC, punctuation\n"
+        "removed, whitespace collapsed); accuracy is exact match after the same normalization. Answers are\n"
+        "greedy. When the rows have a voice, speaker, task or language column, the metrics are also given\n"
+        "per value of it (--group-by picks the columns). Bad rows are skipped and counted.",
+        "  mmtune eval --checkpoint runs/speech_digits/final --data examples/speech_digits/data/eval.jsonl\n"
+        "  mmtune eval --checkpoint runs/vision_digits/stage2/final --data eval.jsonl --metrics accuracy \\\n"
+        "      --json eval.json --predictions predictions.jsonl")
+    p.add_argument("--checkpoint", required=True, help="a folder written by mmtune train (OUTPUT_DIR/final or "
+                                                       "checkpoint-N)")
+    p.add_argument("--data", required=True, help="manifest (JSONL or LLaVA JSON), Parquet/Arrow or a datasets folder")
+    p.add_argument("--json", help="also write the metrics to this file")
     p.add_argument("--predictions", help="write per-sample predictions here (JSON lines)")
     p.add_argument("--instruction", default=None, help="prompt for ASR shorthand rows (default: the training one)")
-    p.add_argument("--metrics", default="loss,wer,cer,accuracy", help="comma-separated")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-samples", type=int)
+    p.add_argument("--metrics", default="loss,wer,cer,accuracy", help="comma-separated, from loss, wer, cer, accuracy")
+    p.add_argument("--group-by", default=None,
+                   help="comma-separated row columns to score by (default: voice, speaker, task, language where "
+                        "present; '' for none)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer generated, in tokens")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per generation and loss batch")
+    p.add_argument("--max-samples", type=int, help="evaluate the first N rows only (default: all)")
     p.set_defaults(run=_run_eval)
 
 
@@ -105,8 +150,9 @@ def _run_eval(args) -> int:
     model, tokenizer, model_cfg = load_checkpoint(args.checkpoint)
     data_cfg = _data_config(args.checkpoint, args.instruction)
     dataset = MultimodalDataset.load(args.data, tokenizer, MediaSpec.from_config(model_cfg, data_cfg), data_cfg)
+    group_by = None if args.group_by is None else [c for c in args.group_by.split(",") if c]
     metrics, records = evaluate(model, tokenizer, dataset, tuple(args.metrics.split(",")), args.max_new_tokens,
-                                args.batch_size, args.max_samples)
+                                args.batch_size, args.max_samples, group_by=group_by)
     metrics["skipped"] = len(dataset.skipped)
     print(json.dumps(metrics, indent=2))
     if args.json:
@@ -129,9 +175,16 @@ def _data_config(checkpoint: str, instruction: str | None):
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="answer one prompt, with optional audio/image inputs")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--prompt", required=True)
+    p = _command(
+        sub, "generate", "answer one prompt, with optional audio and image inputs",
+        "The prompt is one user turn; the files given are placed before its text, in the order given,\n"
+        "as the chat template of the checkpoint lays them out.",
+        '  mmtune generate --checkpoint runs/vision_digits/stage2/final --image digit.png \\\n'
+        '      --prompt "Which digit is written here?"\n'
+        '  mmtune generate --checkpoint runs/omni_digits/final --image q.png --audio q.wav --prompt "Answer." '
+        '--sample --temperature 0.7')
+    p.add_argument("--checkpoint", required=True, help="a folder written by mmtune train (OUTPUT_DIR/final)")
+    p.add_argument("--prompt", required=True, help="the user's message text")
     # one list for both, in command-line order: the model sees the files in the order given
     p.add_argument("--image", dest="media", action="append", default=[], type=lambda path: ("image", path),
                    metavar="PATH", help="image file (repeatable; files go in in the order given)")
@@ -143,11 +196,11 @@ def _add_generate(sub) -> None:
 
 
 def _add_sampling(p) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer generated, in tokens (>= 1)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0, help="with --sample: < 1 sharper, > 1 more varied")
+    p.add_argument("--top-p", type=float, default=1.0, help="with --sample: nucleus sampling's probability mass")
+    p.add_argument("--seed", type=int, default=0, help="with --sample: the random seed, for repeatable answers")
 
 
 def _gen_kwargs(args) -> dict:
@@ -168,11 +221,18 @@ def _run_generate(args) -> int:
 
 
 def _add_transcribe(sub) -> None:
-    p = sub.add_parser("transcribe", help="transcribe audio files (batched)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("files", nargs="+")
-    p.add_argument("--instruction", default=None, help="default: the instruction the checkpoint was trained with")
-    p.add_argument("--batch-size", type=int, default=16)
+    p = _command(
+        sub, "transcribe", "transcribe audio files with a speech checkpoint (batched, greedy)",
+        "Prints one line per file: PATH<TAB>TEXT. Files are read with soundfile (WAV, FLAC, OGG/Opus, MP3)\n"
+        "and resampled to 16 kHz; a clip may be at most 30 s. The model hears what it was trained on: the\n"
+        "offline speech example's checkpoint knows digit words spoken by its synthetic voices.",
+        "  mmtune transcribe --checkpoint runs/speech_digits/final clip1.wav clip2.flac\n"
+        "  mmtune transcribe --checkpoint runs/speech_digits/final recordings/*.ogg --batch-size 32 > out.tsv")
+    p.add_argument("--checkpoint", required=True, help="a folder written by mmtune train (OUTPUT_DIR/final)")
+    p.add_argument("files", nargs="+", help="audio files")
+    p.add_argument("--instruction", default=None, help="the prompt (default: the instruction the checkpoint was "
+                                                       "trained with)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips transcribed together")
     p.set_defaults(run=_run_transcribe)
 
 
@@ -185,10 +245,13 @@ def _run_transcribe(args) -> int:
 
 
 def _add_chat(sub) -> None:
-    p = sub.add_parser("chat", help="multi-turn chat in the terminal; /image PATH and /audio PATH attach files",
-                       description="Type a message and press enter. /image PATH or /audio PATH attaches a file to "
-                                   "your next message; /reset clears the conversation; /quit ends.")
-    p.add_argument("--checkpoint", required=True)
+    p = _command(
+        sub, "chat", "multi-turn chat in the terminal; /image PATH and /audio PATH attach files",
+        "Type a message and press enter. /image PATH or /audio PATH attaches a file to your next message;\n"
+        "/reset clears the conversation; /quit (or Ctrl-D) ends.",
+        "  mmtune chat --checkpoint runs/omni_digits/final\n"
+        "  mmtune chat --checkpoint runs/omni_digits/final --sample --temperature 0.8 --max-new-tokens 128")
+    p.add_argument("--checkpoint", required=True, help="a folder written by mmtune train (OUTPUT_DIR/final)")
     _add_sampling(p)
     p.set_defaults(run=_run_chat)
 
@@ -201,11 +264,16 @@ def _run_chat(args) -> int:
 
 
 def _add_data(sub) -> None:
-    p = sub.add_parser("data", help="data tools")
+    p = _command(sub, "data", "check and convert training data",
+                 "`mmtune data check` reads every row and its media; `mmtune data convert` writes a manifest from\n"
+                 "a transcript table, a LibriSpeech folder or a Hugging Face dataset.",
+                 "  mmtune data check data/train.jsonl --config config.yaml\n"
+                 "  mmtune data convert --table cv-corpus/en/validated.tsv --out data/train.jsonl")
     dsub = p.add_subparsers(title="data commands", metavar="COMMAND")
     c = dsub.add_parser("check", help="read every row and its media; report ranges and every bad row",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        description="Exit status 1 when any row is bad. With --config, the length index training "
+                        formatter_class=HelpFormatter,
+                        description="Read every row and its media; report ranges and every bad row.\n\n"
+                                    "Exit status 1 when any row is bad. With --config, the length index training "
                                     "uses is built (or read back from\n.mmtune_index/ beside the data) and token "
                                     "lengths (placeholders expanded for the configured encoders)\nand over-length "
                                     "rows are reported too; a later `mmtune train` with the same settings then "
@@ -225,8 +293,9 @@ def _add_data(sub) -> None:
     c.set_defaults(run=_run_data_check)
     v = dsub.add_parser(
         "convert", help="write an ASR manifest from a transcript table (TSV/CSV) or a LibriSpeech folder",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description='Write {"audio": PATH, "text": TRANSCRIPT} JSON lines, audio paths relative to the manifest\'s\n'
+        formatter_class=HelpFormatter,
+        description='Write an ASR manifest from a transcript table, a LibriSpeech folder or a Hugging Face dataset.'
+                    '\n\nWrite {"audio": PATH, "text": TRANSCRIPT} JSON lines, audio paths relative to the manifest\'s\n'
                     "folder. Rows whose audio file is missing, whose transcript is empty or whose field count\n"
                     "differs from the header are skipped and listed; audio is only checked to exist, not decoded\n"
                     "(run `mmtune data check` on the result for that). The manifest appears under --out only when\n"
@@ -307,11 +376,14 @@ def _run_data_convert(args) -> int:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="merge LoRA and write a plain transformers LLM checkpoint",
-                       description="The output loads with AutoModelForCausalLM.from_pretrained(OUT) without mmtune; "
-                                   "towers and projectors are saved beside it in mmtune_towers.safetensors.")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True)
+    p = _command(
+        sub, "export", "merge LoRA and write a plain transformers LLM checkpoint",
+        "The output loads with AutoModelForCausalLM.from_pretrained(OUT) without mmtune; towers and\n"
+        "projectors are saved beside it in mmtune_towers.safetensors. Prints the output folder.",
+        "  mmtune export --checkpoint runs/speech_digits/final --out exported/speech_digits")
+    p.add_argument("--checkpoint", required=True, help="a folder written by mmtune train (OUTPUT_DIR/final or "
+                                                       "checkpoint-N)")
+    p.add_argument("--out", required=True, help="the folder to write (created)")
     p.set_defaults(run=_run_export)
 
 
@@ -323,11 +395,15 @@ def _run_export(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="measure this machine: packing, audio encoder, features, data pipeline")
+    p = _command(sub, "bench", "measure this machine: packing, audio encoder, features, data pipeline",
+                 "Each benchmark runs its variants side by side in one process and prints (or --json writes) the\n"
+                 "figures; BENCHMARKS.md holds the recorded ones.",
+                 "  mmtune bench packing --json packing.json\n  mmtune bench data --sizes 2000 20000")
     bsub = p.add_subparsers(title="benchmarks", metavar="BENCH")
     d = bsub.add_parser("data", help="per-draw data workers vs the eager pipeline at 2k, 20k, 200k rows",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        description="Time to the first step, peak RSS of the main process and of the workers, and "
+                        formatter_class=HelpFormatter,
+                        description="Per-draw data workers vs the eager pipeline at 2k, 20k, 200k rows.\n\n"
+                                    "Time to the first step, peak RSS of the main process and of the workers, and "
                                     "the share of step time spent\nwaiting for data, for manifests of each size made "
                                     "from the speech example's 2,000 clips (reused row after\nrow), each run in a "
                                     "fresh process: cold (index built), warm (index read back), eager (every row\n"
@@ -339,14 +415,17 @@ def _add_bench(sub) -> None:
     d.add_argument("--steps", type=int, default=40, help="optimizer steps timed per run (after the first)")
     d.add_argument("--workers", type=int, default=2, help="data.num_workers of the per-draw runs")
     d.add_argument("--eager-max", type=int, default=20000, help="largest size the eager pipeline is run at")
-    d.add_argument("--json", help="write the result here")
+    d.add_argument("--json", help="also write the result to this file")
     d.set_defaults(run=_run_bench, bench="data")
     for name, help_text in (("packing", "padded vs packed training throughput on a realistic mix"),
                             ("audio-encoder", "variable-length vs 30 s-padded Whisper encoding of 5 s clips"),
                             ("features", "mmtune log-mel vs transformers' WhisperFeatureExtractor")):
-        b = bsub.add_parser(name, help=help_text, description=help_text)
-        b.add_argument("--json", help="write the result here")
-        b.add_argument("--device", default="cpu")
+        b = _command(bsub, name, help_text, "Prints the figures as JSON; ratios are of the two sides in this run.",
+                     f"  mmtune bench {name} --json {name}.json\n  mmtune bench {name} --device cuda"
+                     + (" --preset 0.5b" if name == "packing" else " --preset small" if name == "audio-encoder"
+                        else ""))
+        b.add_argument("--json", help="also write the result to this file")
+        b.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU)")
         b.add_argument("--threads", type=int, default=None if name != "features" else 1,
                        help="torch CPU threads during the run (1 gives steady figures on a shared machine)")
         if name != "features":
@@ -362,7 +441,8 @@ def _add_bench(sub) -> None:
                            help="tokens per packed row (default: the preset's, 2048 / 16384: about batch-size "
                                 "x the mean sample length)")
         else:
-            b.add_argument("--num-clips", type=int, default=16 if name == "audio-encoder" else 64)
+            b.add_argument("--num-clips", type=int, default=16 if name == "audio-encoder" else 64,
+                           help="clips encoded per side")
         if name == "audio-encoder":
             b.add_argument("--seconds", type=_clip_seconds, default=5.0,
                            help="clip length, at most 30 (the padded side pads every clip to 30 s)")

@@ -17,6 +17,9 @@ import yaml
 from mmtune.errors import MmtuneError
 
 TRAIN_PLANS = ("frozen", "lora", "full")
+DEFAULT_MAX_STEPS = 100  # a run's length when neither train.max_steps nor train.epochs is given
+GROUP_COLUMNS = ("voice", "speaker", "task", "language")  # eval.group_by's default, where the rows have them
+LOWER_IS_BETTER = ("loss", "wer", "cer")  # eval metrics; accuracy is the one where higher is better
 
 
 class ConfigError(MmtuneError, ValueError):
@@ -161,7 +164,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/mmtune"
-    max_steps: int = 100  # optimizer steps
+    max_steps: int | None = None  # optimizer steps (100 when epochs is not given either)
+    epochs: float | None = None  # passes over the training data instead of max_steps (0.5 and 2.5 work too)
     lr: float = 1e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -177,12 +181,35 @@ class TrainConfig:
     seed: int = 0
     resume: str | None = None  # auto | PATH
     cpu_threads: int | None = None  # torch intra-op threads on the CPU; None: torch's default (all cores)
+    best_metric: str | None = None  # keep the checkpoint with the best eval value: loss/wer/cer lower, accuracy higher
+    early_stopping_patience: int | None = None  # stop after this many evaluations without a better best_metric
+    final: str | None = None  # what final/ holds: best | last (default: best when best_metric is set, else last)
 
     def __post_init__(self):
         _check_choice("schedule", self.schedule, ("cosine", "linear", "constant"))
         _check_choice("mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
-        if self.max_steps < 1:
+        if self.epochs is not None:
+            if self.max_steps is not None:
+                raise ConfigError(f"epochs and max_steps are both set ({self.epochs} and {self.max_steps}); keep one, "
+                                  f"e.g. override max_steps=null")
+            if self.epochs <= 0:
+                raise ConfigError(f"epochs: must be > 0, got {self.epochs}")
+        elif self.max_steps is None:
+            self.max_steps = DEFAULT_MAX_STEPS
+        if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
+        if self.best_metric is not None:
+            _check_choice("best_metric", self.best_metric, LOWER_IS_BETTER + ("accuracy",))
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                raise ConfigError(f"early_stopping_patience: must be >= 1, got {self.early_stopping_patience}")
+            if self.best_metric is None or not self.eval_every:
+                raise ConfigError("early_stopping_patience: needs best_metric (what must improve) and eval_every > 0 "
+                                  "(how often it is measured), e.g. best_metric: wer, eval_every: 500")
+        if self.final is not None:
+            _check_choice("final", self.final, ("best", "last"))
+            if self.final == "best" and self.best_metric is None:
+                raise ConfigError("final: best needs best_metric, the eval metric that decides which is best")
         if self.grad_accum < 1:
             raise ConfigError(f"grad_accum: must be >= 1, got {self.grad_accum}")
 
@@ -193,6 +220,7 @@ class EvalConfig:
     max_samples: int | None = None  # evaluate on the first N eval rows
     batch_size: int = 16
     metrics: list = field(default_factory=lambda: ["loss"])  # loss, wer, cer, accuracy
+    group_by: list | None = None  # manifest columns to score by, e.g. [voice]; default: those of GROUP_COLUMNS present
 
 
 @dataclass
@@ -203,9 +231,15 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     base_dir: str = "."  # folder of the YAML file; relative paths in it resolve here
 
+    def __post_init__(self):
+        best = self.train.best_metric
+        if best is not None and best not in self.eval.metrics:
+            raise ConfigError(f"train.best_metric: {best!r} is not measured; add it to eval.metrics "
+                              f"(now {list(self.eval.metrics)})")
+
 
 # top-level short forms of common overrides: `mmtune train cfg.yaml max_steps=2`
-SHORT_KEYS = {"output_dir": "train.output_dir", "max_steps": "train.max_steps",
+SHORT_KEYS = {"output_dir": "train.output_dir", "max_steps": "train.max_steps", "epochs": "train.epochs",
               "seed": "train.seed", "resume": "train.resume", "lr": "train.lr"}
 
 

@@ -10,10 +10,9 @@ at once. Then every clip and image is decoded (in worker processes), unless `dec
 
 from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
-
 from mmtune.audio.io import SAMPLE_RATE, load_audio
 from mmtune.config import DataConfig
+from mmtune.console import progress_bar
 from mmtune.data.encode import SampleEncoder, named, one_thread
 from mmtune.data.index import CHUNK_ROWS, load_index, map_chunks
 from mmtune.data.sources import cache_folder, open_source, read_sample
@@ -65,7 +64,7 @@ def check_data(path: str, encoder: SampleEncoder | None = None, data: DataConfig
 def _decode_all(source, rows: list[int], data: DataConfig, report: CheckReport, progress: bool) -> None:
     """Decode every clip and image of `rows` in data.num_workers processes; collect sizes and errors."""
     chunks = [rows[a: a + CHUNK_ROWS] for a in range(0, len(rows), CHUNK_ROWS)]
-    bar = tqdm(total=len(rows), desc=f"checking {source.path}", unit="row", disable=not progress, leave=False)
+    bar = progress_bar(total=len(rows), desc=f"checking {source.path}", unit="row", disable=not progress, leave=False)
     for part in map_chunks(_decode_chunk, (source, data.instruction, data.system), chunks, data.num_workers, bar):
         _merge(report, part)
 

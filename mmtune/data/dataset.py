@@ -60,6 +60,11 @@ class MultimodalDataset:
         return read_sample(self.source, int(self.index.rows[k]), self.encoder.data.instruction,
                            self.encoder.data.system)
 
+    def fields(self, k: int, names) -> dict:
+        """Row columns `names` of sample k as text, those the row has: fields(0, ["voice"]) -> {"voice": "en-029"}."""
+        _, row = self.source.row(int(self.index.rows[k]))
+        return {n: str(row[n]) for n in names if isinstance(row, dict) and row.get(n) is not None}
+
     def example(self, k: int, epoch: int = 0) -> Example:
         return self.encoder(self.sample(k), epoch, k)
 

@@ -26,9 +26,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mmtune.config import DataConfig
+from mmtune.console import progress_bar
 from mmtune.data.encode import SampleEncoder, one_thread
 from mmtune.data.sources import cache_folder, fingerprint, open_source, read_sample
 from mmtune.errors import DataError
@@ -85,7 +85,7 @@ def build_index(source, encoder: SampleEncoder, data: DataConfig, num_workers: i
                 progress: bool = True) -> LengthIndex:
     """Measure every row of `source`; worker processes when there are enough rows to pay for them."""
     chunks = [(a, min(a + CHUNK_ROWS, len(source))) for a in range(0, len(source), CHUNK_ROWS)]
-    bar = tqdm(total=len(source), desc=f"indexing {source.path}", unit="row", disable=not progress, leave=False)
+    bar = progress_bar(total=len(source), desc=f"indexing {source.path}", unit="row", disable=not progress, leave=False)
     parts = map_chunks(_measure_chunk, (source, encoder, data.instruction, data.system), chunks, num_workers, bar)
     columns = {c: np.concatenate([p[0][c] for p in parts]) if parts else np.zeros(0, t) for c, t in COLUMNS.items()}
     skipped = [e for p in parts for e in p[1]]

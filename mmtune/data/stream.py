@@ -55,6 +55,21 @@ def _plan(lengths, data: DataConfig, seed: int, budget: int | None) -> list[list
     return shuffled_batches(len(lengths), data.batch_size, seed)
 
 
+def epoch_sizes(lengths, data: DataConfig, seed: int, epochs: int, shards=None) -> list[int]:
+    """Micro-batches in each of the first `epochs` epochs' plans (the plan, and so its size, is drawn per epoch)."""
+    return [len(plan_epoch(lengths, data, seed + e, shards)) for e in range(epochs)]
+
+
+def steps_for_epochs(sizes: list[int], epochs: float, per_step: int) -> int:
+    """Optimizer steps in `epochs` passes: the micro-batches of the whole epochs and the fraction of the
+    next one, `per_step` (grad_accum x processes) to a step, rounded down; at least 1.
+        steps_for_epochs([10, 11, 10], 2.5, per_step=2)  # (10 + 11 + 5) // 2 == 13
+    sizes: epoch_sizes(...) of at least ceil(epochs) epochs."""
+    whole = int(epochs)
+    batches = sum(sizes[:whole]) + (int((epochs - whole) * sizes[whole]) if epochs > whole else 0)
+    return max(1, batches // per_step)
+
+
 class BatchStream:
     def __init__(self, lengths, data: DataConfig, seed: int, start: dict | None = None, shards=None):
         self.lengths, self.data, self.seed, self.shards = lengths, data, seed, shards

@@ -1,20 +1,23 @@
 """An evaluation run: the loss over an eval set, then generation scored against the references.
 
     metrics, records = evaluate(model, tokenizer, eval_dataset, metrics=("loss", "wer", "accuracy"))
-    metrics   # {"loss": 0.41, "wer": 0.12, "accuracy": 0.8, "num_samples": 200}
+    metrics   # {"loss": 0.41, "wer": 0.12, "accuracy": 0.8, "num_samples": 200,
+              #  "groups": {"voice": {"en-029": {"num_samples": 50, "wer": 0.1, "accuracy": 0.84}, ...}}}
     write_predictions(records, "runs/digits/predictions.jsonl")
 
 The loss is summed token cross entropy over all supervised tokens / their count (not a mean of
 batch means). Generation prompts are the samples without their last assistant turn; that turn's
 text is the reference. WER/CER/accuracy come from `mmtune.eval.metrics` (normalized text).
+When the rows have grouping columns (`eval.group_by`; by default voice, speaker, task, language),
+the generation metrics are also given per value of each, under "groups".
 """
 
 import json
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from mmtune.collators.padded import collate_padded
+from mmtune.config import GROUP_COLUMNS
+from mmtune.console import progress_bar
 from mmtune.data.dataset import MultimodalDataset
 from mmtune.data.example import to_device
 from mmtune.data.formats import Sample
@@ -28,8 +31,9 @@ GENERATION_METRICS = {"wer": wer, "cer": cer, "accuracy": exact_match}
 
 def evaluate(model, tokenizer, dataset: MultimodalDataset, metrics=("loss", "wer", "cer", "accuracy"),
              max_new_tokens: int = 32, batch_size: int = 16, max_samples: int | None = None,
-             progress: bool = True) -> tuple[dict, list[dict]]:
-    """-> ({metric: value, "num_samples": N}, per-sample records; empty when no generation metric).
+             progress: bool = True, group_by: list | None = None) -> tuple[dict, list[dict]]:
+    """-> ({metric: value, "num_samples": N[, "groups": ...]}, per-sample records; empty when no
+    generation metric). group_by: row columns to score by (None: the GROUP_COLUMNS the first row has).
 
     Samples are encoded batch by batch (in data.num_workers processes), never all at once.
     """
@@ -45,12 +49,42 @@ def evaluate(model, tokenizer, dataset: MultimodalDataset, metrics=("loss", "wer
         results["loss"] = eval_loss(model, dataset, keys, tokenizer.pad_token_id, progress)
     records = []
     if any(m in GENERATION_METRICS for m in metrics):
-        records = generate_records(model, tokenizer, dataset, keys, max_new_tokens, batch_size, progress)
-        references, predictions = [r["reference"] for r in records], [r["prediction"] for r in records]
-        for name in (m for m in metrics if m in GENERATION_METRICS):
-            results[name] = GENERATION_METRICS[name](references, predictions)
+        columns = group_columns(dataset, group_by)
+        records = generate_records(model, tokenizer, dataset, keys, max_new_tokens, batch_size, progress, columns)
+        results.update(score(records, metrics))
+        groups = group_scores(records, metrics, columns)
+        if groups:
+            results["groups"] = groups
     results["num_samples"] = len(records) if records else n
     return results, records
+
+
+def score(records: list[dict], metrics) -> dict:
+    """The generation metrics of `metrics` over prediction records: {"wer": 0.12, ...}."""
+    references, predictions = [r["reference"] for r in records], [r["prediction"] for r in records]
+    return {name: GENERATION_METRICS[name](references, predictions) for name in metrics if name in GENERATION_METRICS}
+
+
+def group_columns(dataset: MultimodalDataset, requested: list | None) -> list[str]:
+    """eval.group_by as given, or the GROUP_COLUMNS that the dataset's first row has."""
+    if requested is not None:
+        return list(requested)
+    return list(dataset.fields(0, GROUP_COLUMNS)) if len(dataset) else []
+
+
+def group_scores(records: list[dict], metrics, columns: list[str]) -> dict:
+    """{column: {value: {"num_samples": n, metric: value}}} for each grouping column, values sorted;
+    rows without the column are left out of its groups."""
+    groups = {}
+    for column in columns:
+        by_value: dict[str, list[dict]] = {}
+        for r in records:
+            if column in r.get("groups", {}):
+                by_value.setdefault(r["groups"][column], []).append(r)
+        if by_value:
+            groups[column] = {value: {"num_samples": len(rs), **score(rs, metrics)}
+                              for value, rs in sorted(by_value.items())}
+    return groups
 
 
 def _drawn(dataset: MultimodalDataset, keys: list[BatchKey], mode: str, pad_token_id: int, desc: str,
@@ -60,7 +94,7 @@ def _drawn(dataset: MultimodalDataset, keys: list[BatchKey], mode: str, pad_toke
     draws = Draws(dataset, collate_padded if mode == "example" else None, pad_token_id, mode=mode,
                   on_bad=data.on_bad_sample, workers=data.num_workers)
     items = draw_batches(draws, keys, data)
-    return tqdm(items, total=len(keys), desc=desc, unit="batch", disable=not progress, leave=False)
+    return progress_bar(items, total=len(keys), desc=desc, unit="batch", disable=not progress, leave=False)
 
 
 def eval_loss(model, dataset: MultimodalDataset, keys: list[BatchKey], pad_token_id: int,
@@ -78,8 +112,9 @@ def eval_loss(model, dataset: MultimodalDataset, keys: list[BatchKey], pad_token
 
 
 def generate_records(model, tokenizer, dataset: MultimodalDataset, keys: list[BatchKey], max_new_tokens: int,
-                     batch_size: int, progress: bool = False) -> list[dict]:
-    """Greedy answers to the samples of `keys`, as prediction records in sample order."""
+                     batch_size: int, progress: bool = False, group_by: list[str] = ()) -> list[dict]:
+    """Greedy answers to the samples of `keys`, as prediction records in sample order; each record's
+    "groups" holds the row's `group_by` columns."""
     by_sample = {}
     for item in _drawn(dataset, keys, "prompt", tokenizer.pad_token_id, "generating", progress):
         prompts = item["batch"] or []
@@ -89,7 +124,11 @@ def generate_records(model, tokenizer, dataset: MultimodalDataset, keys: list[Ba
         for k, answer in zip(rows, answers):
             by_sample[k] = answer
     order = sorted(by_sample)
-    return prediction_records([dataset.sample(k) for k in order], [by_sample[k] for k in order])
+    records = prediction_records([dataset.sample(k) for k in order], [by_sample[k] for k in order])
+    if group_by:
+        for k, record in zip(order, records):
+            record["groups"] = dataset.fields(k, group_by)
+    return records
 
 
 def reference(sample: Sample) -> str:

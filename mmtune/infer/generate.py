@@ -21,10 +21,10 @@ import contextlib
 import os
 
 import torch
-from tqdm.auto import tqdm
 
 from mmtune.collators.padded import check_examples, collate_media
 from mmtune.config import DataConfig
+from mmtune.console import progress_bar
 from mmtune.data.chat import end_of_turn_ids
 from mmtune.data.encode import MediaSpec, SampleEncoder
 from mmtune.data.example import Example, to_device
@@ -96,7 +96,7 @@ def generate(model, tokenizer, examples: list[Example], max_new_tokens: int = 32
     answers: list[str] = [""] * len(examples)
     batches = length_batches([len(e) for e in examples], batch_size)
     with eval_mode(model), _seeded(seed, model_device(model)):
-        for indices in tqdm(batches, desc="generating", unit="batch", disable=not progress, leave=False):
+        for indices in progress_bar(batches, desc="generating", unit="batch", disable=not progress, leave=False):
             batch = to_device(collate_prompts([examples[i] for i in indices], tokenizer.pad_token_id),
                               model_device(model))
             new_ids = model.generate(**batch, **options)  # (B, T_new)

@@ -5,32 +5,37 @@
 One optimizer step consumes `grad_accum` micro-batches on every process. The loss of a step is
 the summed token loss over the supervised tokens of the WHOLE step (all micro-batches, all
 processes) divided by their count, so accumulation and process count do not change it.
+
+A run is `train.max_steps` long, or `train.epochs` passes over the data (turned into steps from
+the batch plans). With `train.best_metric` every evaluation that improves it is saved as a
+checkpoint that pruning never removes; `train.early_stopping_patience` ends the run after that
+many evaluations without improvement; `final/` holds the best or the last weights (`train.final`).
 """
 
 import logging
 import math
-from contextlib import nullcontext
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from tqdm.auto import tqdm
+from accelerate.utils import broadcast, set_seed
 
 from mmtune.collators import collate_packed, collate_padded
 from mmtune.config import Config, ConfigError, to_dict
+from mmtune.console import progress_bar
 from mmtune.data.dataset import MultimodalDataset
 from mmtune.data.encode import MediaSpec
 from mmtune.data.example import IGNORE_INDEX, to_device
 from mmtune.data.loader import Draws, DrawLog, PlanSampler, draw_batches, worker_error
-from mmtune.data.stream import batch_budget
+from mmtune.data.stream import batch_budget, epoch_sizes, steps_for_epochs
 from mmtune.errors import DataError, MmtuneError
 from mmtune.eval.run import evaluate, write_predictions
 from mmtune.model.build import build_model
 from mmtune.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
-from mmtune.model.plan import describe_parameters
+from mmtune.train.best import Best
 from mmtune.train.optim import build_optimizer, build_scheduler
 from mmtune.train.state import load_training_state, training_files
 from mmtune.train.report import write_eval_json, write_report
@@ -48,6 +53,8 @@ def train(cfg: Config) -> dict:
     """Run the configured training; returns the final eval metrics (also in OUTPUT_DIR/eval.json)."""
     if cfg.data.train is None:
         raise ConfigError("data.train: give the training manifest (JSONL or LLaVA .json), e.g. data.train=train.jsonl")
+    if cfg.train.best_metric and cfg.data.eval is None:
+        raise ConfigError("train.best_metric: needs held-out data to measure it on; set data.eval")
     # cpu=True without CUDA: `accelerate launch --multi_gpu --num_processes N` then joins N CPU processes over gloo
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision),
                               cpu=not torch.cuda.is_available())
@@ -60,17 +67,54 @@ def train(cfg: Config) -> dict:
     if cfg.train.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     train_set, eval_set = _datasets(cfg, tokenizer, accelerator)
+    length = RunLength.of(cfg, train_set, accelerator.num_processes)
     optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, length.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    best = Best(cfg.train.best_metric, cfg.train.early_stopping_patience) if cfg.train.best_metric else None
     step, position = 0, {"epoch": 0, "index": 0}
     if resume_dir is not None:
         load_weights(accelerator.unwrap_model(model), resume_dir / WEIGHTS_FILE)
         state = load_training_state(resume_dir, optimizer, scheduler, train_set.encoder)
         step, position = state["step"], state["stream"]
+        if best is not None and not best.load_state_dict(state.get("best")):
+            log.info("%s tracked no best %s; the best checkpoint is chosen among this run's evaluations from now on",
+                     resume_dir, best.metric)
         log.info("resumed from %s at step %d", resume_dir, step)
-    run = _Run(cfg, accelerator, model, tokenizer, optimizer, scheduler, train_set, eval_set, out, position)
+    run = _Run(cfg, accelerator, model, tokenizer, optimizer, scheduler, train_set, eval_set, out, position,
+               length, best)
     return run.loop(step)
+
+
+class RunLength:
+    """How long the run is in optimizer steps, and how many micro-batches an epoch's plan has.
+
+    With train.epochs the epochs' plans are drawn up front (seconds at a million rows) and their
+    micro-batches counted; the steps are that count / (grad_accum x processes), rounded down.
+    """
+
+    def __init__(self, steps: int, epoch_batches: list[int] | None, per_step: int):
+        self.steps, self.epoch_batches, self.per_step = steps, epoch_batches, per_step
+
+    @classmethod
+    def of(cls, cfg: Config, train_set: MultimodalDataset, processes: int) -> "RunLength":
+        t = cfg.train
+        per_step = t.grad_accum * processes
+        if t.epochs is None:
+            return cls(t.max_steps, None, per_step)
+        sizes = epoch_sizes(train_set.lengths, cfg.data, t.seed, math.ceil(t.epochs), train_set.shards)
+        steps = steps_for_epochs(sizes, t.epochs, per_step)
+        log.info("train.epochs=%g: %d optimizer steps (%s micro-batches an epoch, %d a step)", t.epochs, steps,
+                 "/".join(map(str, sizes)), per_step)
+        return cls(steps, sizes, per_step)
+
+    def epoch(self, position: dict) -> float | None:
+        """Epochs done at plan position {"epoch", "index"} (None when the epochs' sizes are not known)."""
+        if self.epoch_batches is None:
+            return None
+        e = position["epoch"]
+        size = self.epoch_batches[min(e, len(self.epoch_batches) - 1)]
+        return e + position["index"] / max(size, 1)
 
 
 def _datasets(cfg: Config, tokenizer, accelerator) -> tuple[MultimodalDataset, MultimodalDataset | None]:
@@ -89,12 +133,16 @@ def _datasets(cfg: Config, tokenizer, accelerator) -> tuple[MultimodalDataset, M
 class _Run:
     """The state of one run, so the loop below reads top to bottom."""
 
-    def __init__(self, cfg, accelerator, model, tokenizer, optimizer, scheduler, train_set, eval_set, out, position):
+    def __init__(self, cfg, accelerator, model, tokenizer, optimizer, scheduler, train_set, eval_set, out, position,
+                 length: RunLength, best: Best | None):
         self.cfg, self.acc, self.model, self.tokenizer = cfg, accelerator, model, tokenizer
         self.optimizer, self.scheduler = optimizer, scheduler
         self.train_set, self.eval_set, self.out = train_set, eval_set, out
+        self.length, self.best = length, best
         self.last_checkpoint: Path | None = None
-        self.records: list[dict] | None = None  # per-sample predictions of the latest evaluation
+        self.saved_step: int | None = None  # step of the newest checkpoint written
+        self.evaluated: dict[int, tuple[dict, list[dict]]] = {}  # step -> (metrics, records): latest and best only
+        self.stopped: str | None = None  # why the run ended before its last step (early stopping)
         self.position = position  # the batch plan's position after the last micro-batch trained on
         self.draws = DrawLog()
         self.data_wait = 0.0  # seconds the loop waited for batches from the data workers
@@ -119,29 +167,35 @@ class _Run:
                 tracker.close()  # flushes TensorBoard even when the run stops on an error
 
     def _steps(self, start_step: int, tracker) -> dict:
-        cfg, acc = self.cfg.train, self.acc
-        bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", unit="step", disable=not acc.is_main_process)
-        log.info("%s", describe_parameters(acc.unwrap_model(self.model)))
-        started, tokens_seen = time.perf_counter(), 0
+        cfg, acc, total = self.cfg.train, self.acc, self.length.steps
+        bar = progress_bar(total=total, initial=start_step, desc="train", unit="step", disable=not acc.is_main_process)
+        started, tokens_seen, last = time.perf_counter(), 0, start_step
         self.model.train()
-        for step in range(start_step + 1, cfg.max_steps + 1):
+        for step in range(start_step + 1, total + 1):
             loss, tokens = self.train_step(step)
-            tokens_seen += tokens
+            last, tokens_seen = step, tokens_seen + tokens
             tokens_per_s = tokens_seen / max(time.perf_counter() - started, 1e-9)
             lr = self.scheduler.get_last_lr()[0]
             bar.update(1)
-            bar.set_postfix(format_progress(loss, lr, tokens_per_s))
-            if tracker and (step % cfg.log_every == 0 or step == 1 or step == cfg.max_steps):
+            bar.set_postfix(format_progress(loss, lr, tokens_per_s, self.length.epoch(self.position)))
+            if tracker and (step % cfg.log_every == 0 or step == 1 or step == total):
                 data_wait = self.data_wait / max(time.perf_counter() - started, 1e-9)  # share of wall time so far
                 tracker.log(step, loss=loss, lr=lr, tokens_per_s=tokens_per_s, data_wait=round(data_wait, 4))
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+            if step == total:
+                break  # the last step's evaluation and checkpoint are the finish's
+            if cfg.eval_every and step % cfg.eval_every == 0:
                 self.evaluate(step, tracker)
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+                if self.best is not None and self.best.exhausted:
+                    self.stopped = (f"early stopping at step {step}: {self.best.metric} did not improve in "
+                                    f"{self.best.waited} evaluations after step {self.best.step}")
+                    log.info("%s", self.stopped)
+                    break
+            if cfg.save_every and step % cfg.save_every == 0:
                 self.save_checkpoint(step)
         bar.close()
         elapsed = time.perf_counter() - started
-        return self.finish(tracker, {"train_seconds": elapsed, "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
-                                     "data_wait_fraction": self.data_wait / max(elapsed, 1e-9)})
+        return self.finish(last, tracker, {"train_seconds": elapsed, "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
+                                           "data_wait_fraction": self.data_wait / max(elapsed, 1e-9)})
 
     def train_step(self, step: int) -> tuple[float, int]:
         """One optimizer step over grad_accum micro-batches; returns (step loss, real tokens)."""
@@ -185,45 +239,87 @@ class _Run:
                                              f"e.g. {next(iter(self.draws.skipped.values()), ('', ''))[1]}); run "
                                              f"`mmtune data check` on it")
 
-    def evaluate(self, step: int, tracker) -> dict:
-        if self.eval_set is None or not self.acc.is_main_process:
-            return {}
-        model = self.acc.unwrap_model(self.model)
+    def measure(self) -> tuple[dict, list[dict]]:
+        """Eval metrics and prediction records of the model as it is now (main process only)."""
         ev = self.cfg.eval
-        metrics, records = evaluate(model, self.tokenizer, self.eval_set, ev.metrics, ev.max_new_tokens,
-                                    ev.batch_size, ev.max_samples, progress=True)
+        metrics, records = evaluate(self.acc.unwrap_model(self.model), self.tokenizer, self.eval_set, ev.metrics,
+                                    ev.max_new_tokens, ev.batch_size, ev.max_samples, progress=True,
+                                    group_by=ev.group_by)
         self.model.train()
-        if tracker:
-            tracker.log_eval(step, metrics)
-        log.info("step %d eval: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        self.records = records
+        return metrics, records
+
+    def evaluate(self, step: int, tracker) -> dict:
+        """Evaluate at `step` (on the main process), log it and, with train.best_metric, save the weights
+        as a checkpoint when they are the best so far (every process takes part in that save)."""
+        if self.eval_set is None:
+            return {}
+        metrics, records = {}, []
+        if self.acc.is_main_process:
+            metrics, records = self.measure()
+            scalars = {k: v for k, v in metrics.items() if k != "groups"}
+            if tracker:
+                tracker.log_eval(step, scalars)
+            log.info("step %d eval: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+        keep = {s: e for s, e in self.evaluated.items() if self.best is not None and s == self.best.step}
+        self.evaluated = keep | {step: (metrics, records)}
+        if self.best is not None:
+            value = float(metrics.get(self.best.metric, math.nan)) if self.acc.is_main_process else 0.0
+            value = float(broadcast(torch.tensor([value], device=self.acc.device))[0])  # every process decides alike
+            if self.best.update(step, {self.best.metric: value}):
+                self.best.checkpoint = f"{CHECKPOINT_PREFIX}{step}"
+                log.info("best %s so far: %.4g at step %d", self.best.metric, value, step)
+                self.save_checkpoint(step)
         return metrics
 
     def save_checkpoint(self, step: int) -> None:
+        if self.saved_step == step:
+            return
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             folder = self.out / f"{CHECKPOINT_PREFIX}{step}"
-            extra = training_files(step, self.optimizer, self.scheduler, self.position, self.train_set.encoder)
+            extra = training_files(step, self.optimizer, self.scheduler, self.position, self.train_set.encoder,
+                                   self.best)
             save_checkpoint(self.acc.unwrap_model(self.model), self.tokenizer, self.cfg.model, folder, extra,
                             data=self.cfg.data)
             self.last_checkpoint = folder
-            prune_checkpoints(self.out, self.cfg.train.keep_last)
+            prune_checkpoints(self.out, self.cfg.train.keep_last, keep=self.best.checkpoint if self.best else None)
+        self.saved_step = step
         self.acc.wait_for_everyone()
 
-    def finish(self, tracker, timing: dict) -> dict:
-        self.save_checkpoint(self.cfg.train.max_steps)
-        metrics = {}
-        if self.acc.is_main_process:
-            final = self.out / "final"
-            save_checkpoint(self.acc.unwrap_model(self.model), self.tokenizer, self.cfg.model, final, data=self.cfg.data)
-            metrics = self.evaluate(self.cfg.train.max_steps, tracker)
-            if self.records is not None:
-                write_predictions(self.records, self.out / "predictions.jsonl")
-            write_eval_json(self.out, metrics)
-            extra = {"train_data": self.train_set.stats(self.draws.skipped) | self.draws.stats(), **timing,
-                     "eval_data": self.eval_set.stats() if self.eval_set else None}
-            write_report(self.out, to_dict(self.cfg), metrics, tracker.history(), extra)  # draws curves.png
-            log.info("final checkpoint: %s; metrics: %s", final, metrics)
+    def finish(self, last: int, tracker, timing: dict) -> dict:
+        """Evaluate and save the last step, write final/ (the best or the last weights), eval.json and report.md."""
+        if last not in self.evaluated:
+            self.evaluate(last, tracker)
+        self.save_checkpoint(last)
+        if not self.acc.is_main_process:
+            self.acc.wait_for_everyone()
+            return {}
+        model = self.acc.unwrap_model(self.model)
+        t = self.cfg.train
+        choice = t.final or ("best" if t.best_metric else "last")
+        final_step = last
+        if choice == "best" and self.best is not None and self.best.step not in (None, last):
+            final_step = self.best.step
+            load_weights(model, self.out / self.best.checkpoint / WEIGHTS_FILE)
+            log.info("final/ holds the best checkpoint, %s (%s %.4g)", self.best.checkpoint, self.best.metric,
+                     self.best.value)
+            if final_step not in self.evaluated:  # evaluated before a resume: measure it again for eval.json
+                self.evaluated[final_step] = self.measure()
+        metrics, records = self.evaluated.get(final_step, ({}, []))
+        final = self.out / "final"
+        save_checkpoint(model, self.tokenizer, self.cfg.model, final, data=self.cfg.data)
+        if records:
+            write_predictions(records, self.out / "predictions.jsonl")
+        summary = {"step": final_step, "final": choice}
+        if self.best is not None:
+            summary["best"] = {k: v for k, v in self.best.state_dict().items() if k not in ("patience", "waited")}
+        write_eval_json(self.out, {**metrics, **summary} if metrics else {})
+        extra = {"train_data": self.train_set.stats(self.draws.skipped) | self.draws.stats(), **timing,
+                 "eval_data": self.eval_set.stats() if self.eval_set else None, "steps": last, **summary,
+                 "stopped": self.stopped, "epochs": self.length.epoch(self.position)}
+        write_report(self.out, to_dict(self.cfg), metrics, tracker.history(), extra)  # draws curves.png
+        log.info("final checkpoint: %s (step %d); metrics: %s", final, final_step,
+                 {k: v for k, v in metrics.items() if k != "groups"})
         self.acc.wait_for_everyone()
         return metrics
 
@@ -275,7 +371,9 @@ def _step_of(path: Path) -> int:
     return int(suffix) if suffix.isdigit() else -1
 
 
-def prune_checkpoints(out: Path, keep_last: int) -> None:
-    found = sorted((p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if _step_of(p) >= 0), key=_step_of)
+def prune_checkpoints(out: Path, keep_last: int, keep: str | None = None) -> None:
+    """Remove all but the newest `keep_last` checkpoint-N folders, never the one named `keep` (the best)."""
+    found = sorted((p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if _step_of(p) >= 0 and p.name != keep),
+                   key=_step_of)
     for old in found[: max(len(found) - keep_last, 0)]:
         shutil.rmtree(old, ignore_errors=True)

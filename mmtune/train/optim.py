@@ -19,6 +19,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
+    """cfg.schedule over `steps` optimizer steps (the run's length: max_steps, or epochs turned into steps)."""
     name = {"constant": "constant_with_warmup"}.get(cfg.schedule, cfg.schedule)
-    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=steps)

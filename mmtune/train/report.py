@@ -2,6 +2,11 @@
 
     write_report(output_dir, to_dict(cfg), final_metrics, tracker.history(), extra=dataset.stats())
     write_eval_json(output_dir, final_metrics)
+
+report.md opens with what a reader should notice (a training loss far below the held-out loss,
+a held-out metric worse at the end than earlier, skipped rows, a group far behind the rest), then
+the run, the final evaluation (per group where the eval rows have a grouping column), the loss,
+the curves and the data.
 """
 
 from __future__ import annotations
@@ -9,8 +14,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mmtune.config import LOWER_IS_BETTER
 from mmtune.train.curves import CURVES_FILE, is_rate, metric_name, plot_curves, series
-from mmtune.train.tracker import human, is_number, plain, write_atomic
+from mmtune.train.tracker import EVAL_PREFIX, human, is_number, plain, write_atomic
+
+GAP_RATIO, GAP_ABSOLUTE = 2.0, 0.1  # held-out loss this many times the training loss, and this much above it
+WORSE_RELATIVE, WORSE_ABSOLUTE = 0.05, 0.002  # a metric this much worse at the end than at its best
+GROUP_RATIO, GROUP_ABSOLUTE = 1.5, 0.02  # a group's error rate this many times the overall one, and this much above
 
 REPORT_FILE = "report.md"
 EVAL_FILE = "eval.json"
@@ -61,7 +71,14 @@ def _run_section(config: dict, records: list[dict], extra: dict) -> list[str]:
     seconds = extra.get("train_seconds") or (max(times) - min(times) if len(times) > 1 else None)
     speeds = series(records, "tokens_per_s")[1]
     speed = extra.get("tokens_per_s") or (sum(speeds) / len(speeds) if speeds else None)
-    facts = [("steps", steps), ("training time", _duration(seconds) if seconds else None),
+    best = extra.get("best") or {}
+    final = extra.get("final")
+    facts = [("steps", steps), ("epochs", f"{extra['epochs']:.2f}" if is_number(extra.get("epochs")) else None),
+             ("stopped", extra.get("stopped")),
+             ("best checkpoint", f"`{best['checkpoint']}` ({best['metric']} {_format_metric(best['metric'], best['value'])}"
+                                 f" at step {best['step']})" if best.get("checkpoint") else None),
+             ("final/ holds", f"the {final} weights (step {extra['step']})" if final and "step" in extra else None),
+             ("training time", _duration(seconds) if seconds else None),
              ("throughput", f"{human(speed)} tokens/s" if speed else None),
              ("time waiting for data", f"{100 * extra['data_wait_fraction']:.1f}%"
               if is_number(extra.get("data_wait_fraction")) else None),
@@ -81,6 +98,65 @@ def _loss_table(records: list[dict], rows: int = 6) -> list[str]:
     for i in picks:
         lines.append(f"| {steps[i]} | {loss[i]:.4f} | {format(lr[steps[i]], '.2e') if steps[i] in lr else ''} |")
     return lines
+
+
+def _groups_section(final_metrics: dict) -> list[str]:
+    """One table per grouping column of the eval rows: value, samples and each generation metric."""
+    lines = []
+    for column, groups in (final_metrics.get("groups") or {}).items():
+        names = [k for k in next(iter(groups.values()), {}) if k != "num_samples"]
+        lines += ["", f"### By {column}", "", f"| {column} | samples | " + " | ".join(map(metric_name, names)) + " |",
+                  "| --- | ---: |" + " ---: |" * len(names)]
+        for value, m in groups.items():
+            lines.append(f"| {value} | {m['num_samples']} | "
+                         + " | ".join(_format_metric(k, m.get(k)) for k in names) + " |")
+    return lines
+
+
+def notices(config: dict, final_metrics: dict, records: list[dict], extra: dict) -> list[str]:
+    """What a reader of the report should notice, one sentence each (empty when nothing stands out)."""
+    found = []
+    train_cfg = config.get("train") or {}
+    _, loss = series(records, "loss")
+    eval_loss = final_metrics.get("loss")
+    if loss and is_number(eval_loss):
+        tail = loss[-max(1, min(5, len(loss) // 10 or 1)):]
+        train_loss = sum(tail) / len(tail)
+        if eval_loss > GAP_RATIO * train_loss and eval_loss - train_loss > GAP_ABSOLUTE:
+            found.append(f"The held-out loss ({eval_loss:.4g}) is {eval_loss / max(train_loss, 1e-12):.0f}x the "
+                         f"training loss at the end ({train_loss:.4g}): the model fits its training rows far better "
+                         f"than unseen ones. More varied data or augmentation, fewer steps, or train.best_metric with "
+                         f"train.early_stopping_patience keep what generalizes.")
+    for key in sorted({k for r in records for k in r if k.startswith(EVAL_PREFIX)}):
+        name = key.removeprefix(EVAL_PREFIX)
+        if name not in LOWER_IS_BETTER + ("accuracy",):
+            continue
+        steps, values = series(records, key)
+        if len(values) < 2:
+            continue
+        sign = 1 if name in LOWER_IS_BETTER else -1
+        i = min(range(len(values)), key=lambda j: sign * values[j])
+        best, last = values[i], values[-1]
+        if sign * (last - best) > max(WORSE_RELATIVE * abs(best), WORSE_ABSOLUTE):
+            keep = (f"final/ holds the {extra['final']} weights" if train_cfg.get("best_metric") == name
+                    and extra.get("final") else f"train.best_metric: {name} keeps the best checkpoint")
+            found.append(f"Held-out {metric_name(name)} was {_format_metric(key, best)} at step {steps[i]} and is "
+                         f"{_format_metric(key, last)} at the end (step {steps[-1]}); {keep}.")
+    for split in ("train", "eval"):
+        stats = extra.get(f"{split}_data") or {}
+        if stats.get("skipped"):
+            found.append(f"{stats['skipped']} of {stats['skipped'] + stats.get('rows', 0)} {split} rows were skipped "
+                         f"({_reasons(stats) or 'see the log'}); `mmtune data check` names every one.")
+    for column, groups in (final_metrics.get("groups") or {}).items():
+        for name in (k for k in ("wer", "cer") if is_number(final_metrics.get(k))):
+            overall = final_metrics[name]
+            value, worst = max(((v, m[name]) for v, m in groups.items() if is_number(m.get(name))),
+                               key=lambda vm: vm[1], default=(None, None))
+            if worst is not None and worst > GROUP_RATIO * overall and worst - overall > GROUP_ABSOLUTE:
+                found.append(f"{metric_name(name)} for {column} {value} is {_format_metric(name, worst)}, against "
+                             f"{_format_metric(name, overall)} over all held-out rows.")
+            break
+    return found
 
 
 def _reasons(stats: dict) -> str:
@@ -122,11 +198,16 @@ def write_report(output_dir: str | Path, config: dict, final_metrics: dict, reco
     """
     output_dir, extra = Path(output_dir), extra or {}
     plot_curves(records, output_dir / CURVES_FILE, title=f"Training curves: {output_dir.name}")
-    lines = [f"# mmtune run: {output_dir.name}", ""] + _run_section(config, records, extra)
+    lines = [f"# mmtune run: {output_dir.name}", ""]
+    notes = notices(config, final_metrics, records, extra)
+    if notes:
+        lines += ["## What to notice", ""] + [f"- {note}" for note in notes] + [""]
+    lines += _run_section(config, records, extra)
     if final_metrics:
         lines += ["", "## Final evaluation", "", "| metric | value |", "| --- | ---: |"]
         lines += [f"| {metric_name(k)} | {_format_metric(k, v)} |" for k, v in final_metrics.items()
                   if is_number(v) or isinstance(v, str)]
+        lines += _groups_section(final_metrics)
     for section in (_loss_table(records), [f"![curves]({CURVES_FILE})"], _data_section(extra)):
         if section:
             lines += [""] + section

@@ -74,13 +74,14 @@ def set_rng_state(path: Path, meta: dict) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def training_files(step: int, optimizer, scheduler, position: dict, encoder) -> dict[str, bytes | str]:
+def training_files(step: int, optimizer, scheduler, position: dict, encoder, best=None) -> dict[str, bytes | str]:
     """Everything besides the model that resume needs, as {file name: contents}.
-    position: the batch plan's {"epoch", "index"} after the last batch trained on."""
+    position: the batch plan's {"epoch", "index"} after the last batch trained on; best: the run's
+    `train.best.Best` (which checkpoint is best, how long early stopping has waited) or None."""
     opt_bytes, opt_meta = optimizer_files(optimizer)
     rng_bytes, rng_meta = rng_state()
     state = {"step": step, "stream": position, "encoder": encoder.state_dict(), "scheduler": scheduler.state_dict(),
-             "optimizer": opt_meta, "rng": rng_meta}
+             "optimizer": opt_meta, "rng": rng_meta, "best": best.state_dict() if best is not None else None}
     return {OPTIMIZER_FILE: opt_bytes, RNG_FILE: rng_bytes, STATE_FILE: json.dumps(state)}
 
 

@@ -143,9 +143,11 @@ def human(n: float) -> str:
     return f"{n:.0f}"
 
 
-def format_progress(loss: float, lr: float, tokens_per_s: float) -> dict:
-    """The tqdm postfix: {"loss": "2.314", "lr": "1.0e-04", "tok/s": "12.3k"} (tqdm shows the ETA)."""
-    return {"loss": f"{loss:.3f}", "lr": f"{lr:.1e}", "tok/s": human(tokens_per_s)}
+def format_progress(loss: float, lr: float, tokens_per_s: float, epoch: float | None = None) -> dict:
+    """The tqdm postfix: {"loss": "2.314", "lr": "1.0e-04", "tok/s": "12.3k"[, "epoch": "1.25"]}
+    (tqdm shows the ETA)."""
+    shown = {"loss": f"{loss:.3f}", "lr": f"{lr:.1e}", "tok/s": human(tokens_per_s)}
+    return shown | ({"epoch": f"{epoch:.2f}"} if epoch is not None else {})
 
 
 def write_atomic(path: Path, text: str) -> None:
