@@ -1,5 +1,6 @@
 """One configuration mechanism: a YAML file validated into dataclasses, plus `key.sub=value`
 overrides. Every error names the key and says what to change ("did you mean ...").
+A run's length is train.max_steps or train.epochs; an override of either replaces the file's other.
 
     cfg = load_config("examples/speech_digits/config.yaml", ["max_steps=2", "train.lr=1e-3"])
 """
@@ -318,14 +319,23 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# a run's length is one of these: an override of one replaces the file's other (max_steps=2 on an epochs config)
+RUN_LENGTH_KEYS = ("train.max_steps", "train.epochs")
+
+
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     """Apply `key.sub=value` strings (values parsed as YAML: 2, 1e-3, true, [a, b])."""
+    given = set()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: write it as key.sub=value, e.g. train.lr=1e-4")
         key, raw = item.split("=", 1)
         key = SHORT_KEYS.get(key.strip(), key.strip())
         _set_dotted(tree, key, yaml.safe_load(raw) if raw != "" else None)
+        given.add(key)
+    for key, other in (RUN_LENGTH_KEYS, RUN_LENGTH_KEYS[::-1]):
+        if key in given and other not in given and isinstance(tree.get("train"), dict):
+            tree["train"].pop(other.split(".", 1)[1], None)
     return tree
 
 

@@ -1,3 +1,4 @@
+import argparse
 import json
 
 import pytest
@@ -42,3 +43,35 @@ def test_bench_on_a_missing_gpu_says_so_before_building_anything(capsys):
     assert "error: --device cuda:" in err and "sees no CUDA device" in err and "Traceback" not in err
     assert main(["bench", "features", "--device", "tpu9"]) == 1
     assert "--device tpu9" in capsys.readouterr().err
+
+
+def _commands(parser, prefix=()):
+    """(command words, parser) of every subcommand, nested ones (data check, bench packing) included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _commands(sub, (*prefix, name))
+
+
+def test_every_command_help_teaches(capsys):
+    """A purpose, every option's meaning (defaults shown) and an example, for every command."""
+    commands = list(_commands(build_parser()))
+    assert len(commands) >= 14
+    for words, sub in commands:
+        text = sub.format_help()
+        assert sub.description and "example" in text, words
+        for action in sub._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, (words, action.dest)
+    train_help = dict(commands)[("train",)].format_help()
+    assert "train.best_metric" in train_help and "epochs" in train_help
+    assert "(default: 16)" in dict(commands)[("transcribe",)].format_help()
+
+
+def test_version(capsys):
+    from mmtune import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"mmtune {__version__}"

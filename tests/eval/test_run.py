@@ -130,3 +130,28 @@ def test_trained_model_answers_seven_end_to_end(tokenizer_dir, tmp_path):
     results, records = evaluate(predictor.model, predictor.tokenizer, dataset, progress=False)
     assert results["accuracy"] == 1.0 and results["wer"] == 0.0 and results["loss"] < 0.5
     assert all(r["correct"] and r["prediction"] == "seven" for r in records)
+
+
+def test_metrics_per_group_come_from_the_rows_columns(tmp_path, multimodal, tokenizer_dir):
+    from mmtune.eval.run import group_scores
+
+    records = [{"reference": "one two", "prediction": "one two", "groups": {"voice": "a", "speaker": "s1"}},
+               {"reference": "three four", "prediction": "three", "groups": {"voice": "b", "speaker": "s1"}},
+               {"reference": "five", "prediction": "six", "groups": {"voice": "b"}}]
+    groups = group_scores(records, ["wer", "accuracy", "loss"], ["voice", "speaker", "task"])
+    assert groups == {"voice": {"a": {"num_samples": 1, "wer": 0.0, "accuracy": 1.0},
+                                "b": {"num_samples": 2, "wer": 2 / 3, "accuracy": 0.0}},
+                      "speaker": {"s1": {"num_samples": 2, "wer": 0.25, "accuracy": 0.5}}}
+    # from the manifest, as `mmtune eval` and training see them: rows with a voice column are grouped by it
+    model, tokenizer, _ = multimodal
+    folder = tmp_path / "grouped"
+    folder.mkdir()
+    for k in range(3):
+        sf.write(str(folder / f"{k}.wav"), np.zeros(4000, dtype=np.float32), 16000)
+    rows = [{"audio": f"{k}.wav", "text": "zero", "voice": v} for k, v in enumerate(["x", "y", "x"])]
+    dataset = eval_dataset(folder, tokenizer, tiny_model_config(tokenizer_dir), rows)
+    metrics, records = evaluate(model, tokenizer, dataset, ("wer",), max_new_tokens=2, progress=False)
+    assert [r["groups"] for r in records] == [{"voice": "x"}, {"voice": "y"}, {"voice": "x"}]
+    assert {v: g["num_samples"] for v, g in metrics["groups"]["voice"].items()} == {"x": 2, "y": 1}
+    assert "groups" not in evaluate(model, tokenizer, dataset, ("wer",), max_new_tokens=2, progress=False,
+                                    group_by=[])[0]

@@ -145,8 +145,16 @@ def test_best_compares_in_the_metric_direction():
     assert not accuracy.update(3, {"accuracy": 0.6}) and not accuracy.exhausted  # no patience: never stops
 
 
+def test_an_override_of_the_run_length_replaces_the_files_other(tmp_path, tokenizer_dir):
+    cfg = write_asr_run(tmp_path, tokenizer_dir)  # the file says max_steps: 6
+    length = load_config(cfg, ["epochs=2"]).train
+    assert (length.epochs, length.max_steps) == (2.0, None)
+    (tmp_path / "epochs.yaml").write_text((tmp_path / "config.yaml").read_text().replace("max_steps: 6", "epochs: 3"))
+    assert load_config(tmp_path / "epochs.yaml", ["max_steps=2"]).train.epochs is None  # a smoke test of it
+
+
 @pytest.mark.parametrize("overrides, message", [
-    (["epochs=2"], "epochs and max_steps are both set"),
+    (["epochs=2", "max_steps=3"], "epochs and max_steps are both set"),
     (["max_steps=null", "epochs=0"], "epochs: must be > 0"),
     (["train.best_metric=wer", "eval.metrics=[loss]"], "'wer' is not measured; add it to eval.metrics"),
     (["train.best_metric=bleu"], "best_metric: 'bleu' is not one of"),
