@@ -34,3 +34,23 @@ def fake_records(folder) -> list[dict]:
     with Tracker(folder, tensorboard=False) as tracker:
         run_steps(tracker, range(1, 31))
         return tracker.history()
+
+
+def train_killed_at(monkeypatch, step: int, run) -> None:
+    """Call `run()` (a training run) with a KeyboardInterrupt raised when it reaches optimizer step `step`,
+    as a kill would stop it; checkpoints written before that step stay on disk."""
+    import pytest
+
+    from mmtune.train import loop
+
+    real_step = loop._Run.train_step
+
+    def dies(self, s):
+        if s == step:
+            raise KeyboardInterrupt
+        return real_step(self, s)
+
+    monkeypatch.setattr(loop._Run, "train_step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(loop._Run, "train_step", real_step)

@@ -14,6 +14,7 @@ from mmtune.model.checkpoint import read_weights
 from mmtune.train import loop
 from mmtune.train.best import Best
 from mmtune.train.loop import train
+from tests.train.fake_run import train_killed_at
 from tests.tiny import write_asr_run
 
 FAST = ["eval.metrics=[loss]", "train.best_metric=loss", "data.num_workers=0"]
@@ -113,21 +114,11 @@ def test_resume_continues_the_best_and_the_wait(tmp_path, tokenizer_dir, monkeyp
     killed = write_asr_run(tmp_path / "b", tokenizer_dir)
     _script_eval_loss(monkeypatch, losses)
     train(load_config(whole, over))
-    real_step = loop._Run.train_step
-
-    def dies_at_step_4(self, step):
-        if step == 4:
-            raise KeyboardInterrupt
-        return real_step(self, step)
-
-    monkeypatch.setattr(loop._Run, "train_step", dies_at_step_4)
-    with pytest.raises(KeyboardInterrupt):
-        train(load_config(killed, over))
+    train_killed_at(monkeypatch, 4, lambda: train(load_config(killed, over)))
     b = tmp_path / "b" / "run"
     state = json.loads((b / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["best"] == {"metric": "loss", "patience": None, "value": 3.0, "step": 2,
                              "checkpoint": "checkpoint-2", "waited": 1}
-    monkeypatch.setattr(loop._Run, "train_step", real_step)
     train(load_config(killed, over + ["resume=auto"]))
     a = tmp_path / "a" / "run"
     assert json.loads((a / "eval.json").read_text())["best"] == json.loads((b / "eval.json").read_text())["best"] \

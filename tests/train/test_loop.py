@@ -8,8 +8,8 @@ import torch
 from mmtune.cli import main
 from mmtune.config import load_config
 from mmtune.model.checkpoint import load_checkpoint
-from mmtune.train import loop
 from mmtune.train.loop import TrainingError, train
+from tests.train.fake_run import train_killed_at
 from tests.tiny import write_asr_run
 
 
@@ -50,17 +50,7 @@ def test_resume_after_a_kill_logs_the_same_losses(tmp_path, tokenizer_dir, monke
                  "model.llm.config.attention_dropout=0.2"]
     train(load_config(whole, overrides))
 
-    real_step = loop._Run.train_step
-
-    def dies_at_step_5(self, step):
-        if step == 5:
-            raise KeyboardInterrupt
-        return real_step(self, step)
-
-    monkeypatch.setattr(loop._Run, "train_step", dies_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train(load_config(killed, overrides))
-    monkeypatch.setattr(loop._Run, "train_step", real_step)
+    train_killed_at(monkeypatch, 5, lambda: train(load_config(killed, overrides)))
     assert (tmp_path / "b" / "run" / "checkpoint-3").is_dir()
     train(load_config(killed, overrides + ["resume=auto"]))
     a, b = _losses(tmp_path / "a" / "run"), _losses(tmp_path / "b" / "run")
