@@ -120,7 +120,26 @@ class AugmentConfig:
     time_mask: int = 50  # max frames masked per mask
     num_masks: int = 2
     speed: list | None = None  # e.g. [0.9, 1.0, 1.1]
-    noise_snr_db: float | None = None  # additive white noise at this SNR
+    noise_snr_db: float | list | None = None  # white noise at this SNR (dB), or [lo, hi]: drawn per clip
+    noise_p: float = 1.0  # probability that a clip gets noise (with noise_snr_db)
+    reverb_p: float = 0.0  # probability that a clip is reverberated by a synthetic room
+    reverb_rt60: list = field(default_factory=lambda: [0.2, 0.8])  # s, [lo, hi]: the room's reverberation time
+    band_limit_p: float = 0.0  # probability that a clip is band-limited
+    band_limit_rates: list = field(default_factory=lambda: [8000])  # Hz: passed through one of these rates
+
+    def __post_init__(self):
+        for key in ("noise_p", "reverb_p", "band_limit_p"):
+            if not 0.0 <= float(getattr(self, key)) <= 1.0:
+                raise ConfigError(f"{key}: {getattr(self, key)!r} is not a probability in [0, 1]")
+        for key in ("noise_snr_db", "reverb_rt60"):
+            value = getattr(self, key)
+            if isinstance(value, list) and not (len(value) == 2 and float(value[0]) <= float(value[1])):
+                raise ConfigError(f"{key}: {value!r} is not a range [lo, hi] with lo <= hi")
+        if float(min(self.reverb_rt60)) <= 0:
+            raise ConfigError(f"reverb_rt60: {self.reverb_rt60!r}: reverberation times are > 0 s")
+        if not self.band_limit_rates or not all(0 < float(r) < 16000 for r in self.band_limit_rates):
+            raise ConfigError(f"band_limit_rates: {self.band_limit_rates!r}: give rates in (0, 16000) Hz, "
+                              f"e.g. [8000] for telephone audio")
 
 
 @dataclass

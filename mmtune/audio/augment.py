@@ -1,4 +1,5 @@
-"""Training-only audio augmentation: SpecAugment masks, Kaldi speed perturbation, white noise.
+"""Training-only audio augmentation: SpecAugment masks, Kaldi speed perturbation, white noise,
+room reverberation, band limiting (telephone audio).
 
 Every random draw comes from the generator passed in, so a seed fixes the output.
 Never apply these at evaluation time.
@@ -73,3 +74,41 @@ def add_noise(waveform: np.ndarray, snr_db: float, rng: np.random.Generator) -> 
     noise = rng.standard_normal(x.shape)  # (n,)
     scale = np.sqrt(signal_power / (np.mean(noise**2) * 10.0 ** (snr_db / 10.0)))
     return (x + scale * noise).astype(np.float32)
+
+
+REVERB_DRR_DB = (0.0, 10.0)  # direct-to-reverberant energy ratio drawn per clip, dB (near to far talker)
+REVERB_MAX_S = 1.0  # longest synthetic impulse response, s
+
+
+def reverberate(waveform: np.ndarray, rt60: float, rng: np.random.Generator) -> np.ndarray:
+    """Convolve (n,) samples with a synthetic room impulse response of reverberation time `rt60` s.
+
+    The response is a direct impulse plus a diffuse tail of Gaussian noise decaying 60 dB in `rt60`
+    seconds (Polack's model; at most REVERB_MAX_S long), whose energy sits a drawn
+    U(REVERB_DRR_DB) dB below the direct sound. The output keeps the input's length (the tail
+    past the clip's end is cut, so measured lengths hold) and its peak. Returns float32 (n,).
+    """
+    if rt60 <= 0:
+        raise ValueError(f"rt60 must be > 0 s, got {rt60}")
+    x = np.asarray(waveform, dtype=np.float64)  # (n,)
+    peak = np.abs(x).max() if x.size else 0.0
+    if peak == 0.0:
+        return np.array(waveform, dtype=np.float32)
+    t = np.arange(1, int(min(rt60, REVERB_MAX_S) * SAMPLE_RATE)) / SAMPLE_RATE  # (m - 1,) s after the direct sound
+    tail = rng.standard_normal(t.size) * np.exp(-6.9078 * t / rt60)  # ln(1000): 60 dB of amplitude decay
+    drr_db = rng.uniform(*REVERB_DRR_DB)
+    tail *= np.sqrt(10.0 ** (-drr_db / 10.0) / max(np.sum(tail**2), 1e-12))
+    response = np.concatenate([[1.0], tail])  # (m,)
+    size = 1 << (x.size + response.size - 2).bit_length()  # >= n + m - 1: a linear convolution; a power of 2: fast
+    wet = np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(response, size), size)[: x.size]  # (n,)
+    return (wet * (peak / max(np.abs(wet).max(), 1e-12))).astype(np.float32)
+
+
+def band_limit(waveform: np.ndarray, rate: float) -> np.ndarray:
+    """(n,) samples at 16 kHz passed through `rate` Hz and back, as audio recorded or sent at that
+    rate sounds (8000: telephone, nothing above 4 kHz). Returns float32 (n,)."""
+    if not 0 < rate < SAMPLE_RATE:
+        raise ValueError(f"band-limit rate must be in (0, {SAMPLE_RATE}) Hz, got {rate}")
+    x = np.asarray(waveform, dtype=np.float32)
+    out = resample(resample(x, SAMPLE_RATE, rate), rate, SAMPLE_RATE)[: x.size]
+    return np.pad(out, (0, x.size - out.size))

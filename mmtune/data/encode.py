@@ -5,7 +5,7 @@
     example = encoder(sample, epoch=0, row=17)     # decoded, augmented, tokenized
     length = encoder.measure(sample)                # the same token count from file headers, no decode
 
-Training draws (speed factor, noise, SpecAugment masks) derive from (seed, epoch, row) alone, so
+Training draws (speed factor, room, noise, band limit, SpecAugment masks) derive from (seed, epoch, row) alone, so
 an example is the same in any DataLoader worker, in any process, and after a resume: the encoder
 keeps no random state, and `state_dict()` is just the seed the draws derive from.
 Errors are DataErrors naming the sample's row.
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig
 
-from mmtune.audio.augment import add_noise, spec_augment, speed_perturb
+from mmtune.audio.augment import add_noise, band_limit, reverberate, spec_augment, speed_perturb
 from mmtune.audio.features import HOP_LENGTH, MAX_FRAMES, log_mel_spectrogram
 from mmtune.audio.io import SAMPLE_RATE, load_audio, num_samples
 from mmtune.config import DataConfig, ModelConfig
@@ -162,15 +162,28 @@ class SampleEncoder:
         if self.spec.n_mels is None:
             raise DataError("", "the sample has audio but the model has no audio tower: add model.audio")
         wave = load_audio(part["path"], SAMPLE_RATE, part.get("bytes"))  # (n,)
-        aug = self.data.augment
-        if rng is not None and len(self.speeds) > 1:
-            speeds = self.usable_speeds(len(wave))
-            wave = speed_perturb(wave, float(speeds[int(rng.integers(len(speeds)))]))
-        if rng is not None and aug.noise_snr_db is not None:
-            wave = add_noise(wave, aug.noise_snr_db, rng)
+        if rng is not None:
+            wave = self._augment_wave(wave, rng)
         features = log_mel_spectrogram(wave, n_mels=self.spec.n_mels)  # (n_mels, frames)
         _check_frames(part["path"], features.shape[-1])
         return features
+
+    def _augment_wave(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One training draw of the waveform (n,) at 16 kHz, as a microphone and a room would change it:
+        speed, then room reverberation, then noise, then a band limit (the channel). Only enabled
+        steps draw from `rng`, so turning one on leaves the others' draws of configs without it."""
+        aug = self.data.augment
+        if len(self.speeds) > 1:
+            speeds = self.usable_speeds(len(wave))
+            wave = speed_perturb(wave, float(speeds[int(rng.integers(len(speeds)))]))
+        if _happens(aug.reverb_p, rng):
+            wave = reverberate(wave, _draw(aug.reverb_rt60, rng), rng)
+        if aug.noise_snr_db is not None and _happens(aug.noise_p, rng):
+            wave = add_noise(wave, _draw(aug.noise_snr_db, rng), rng)
+        if _happens(aug.band_limit_p, rng):
+            rates = aug.band_limit_rates
+            wave = band_limit(wave, float(rates[int(rng.integers(len(rates)))]))
+        return wave
 
     def _clip_samples(self, part: dict) -> int:
         if self.spec.n_mels is None:
@@ -236,3 +249,13 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _happens(p: float, rng: np.random.Generator) -> bool:
+    """A draw with probability p; p 0 and 1 decide without drawing (the stream stays as it was)."""
+    return p >= 1.0 or (p > 0.0 and bool(rng.random() < p))
+
+
+def _draw(value, rng: np.random.Generator) -> float:
+    """A number as is, or [lo, hi] drawn uniformly."""
+    return float(rng.uniform(float(value[0]), float(value[1]))) if isinstance(value, list) else float(value)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmtune.audio.augment import add_noise, spec_augment, speed_perturb
+from mmtune.audio.augment import add_noise, band_limit, reverberate, spec_augment, speed_perturb
 
 SR = 16000  # Hz
 
@@ -100,3 +100,58 @@ def test_add_noise_is_seeded():
 def test_add_noise_leaves_silence_alone():
     silence = np.zeros(100, np.float32)
     np.testing.assert_array_equal(add_noise(silence, 10.0, np.random.default_rng(0)), silence)
+
+
+def tone(seconds: float = 1.0, hz: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)  # (n,)
+
+
+def spectrum_share_above(x: np.ndarray, hz: float) -> float:
+    """Fraction of the clip's energy above `hz`."""
+    power = np.abs(np.fft.rfft(x)) ** 2
+    freqs = np.fft.rfftfreq(x.size, 1 / SR)
+    return float(power[freqs > hz].sum() / power.sum())
+
+
+def test_reverberate_keeps_length_and_peak_and_is_seeded():
+    x = tone(0.5)
+    x[4000:] = 0.0  # a burst, then silence the room fills
+    a = reverberate(x, 0.5, np.random.default_rng(0))
+    b = reverberate(x, 0.5, np.random.default_rng(0))
+    c = reverberate(x, 0.5, np.random.default_rng(1))
+    assert a.shape == x.shape and a.dtype == np.float32
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.abs(a).max() == pytest.approx(np.abs(x).max(), rel=1e-5)
+    assert np.abs(a[:4000]).max() > 0.1  # the direct sound is there
+    assert np.sqrt(np.mean(a[4500:6000] ** 2)) > 1e-3  # the tail sounds after the burst ...
+
+
+def test_reverberate_tail_decays_by_rt60():
+    x = np.zeros(SR, dtype=np.float32)
+    x[0] = 1.0  # an impulse: the output is the room's response
+    out = reverberate(x, 0.4, np.random.default_rng(3)).astype(np.float64)
+    early = np.mean(out[160:1760] ** 2)  # 10-110 ms
+    late = np.mean(out[160 + 3200:1760 + 3200] ** 2)  # 200 ms later: 30 dB lower at RT60 0.4 s
+    assert 10 * np.log10(early / late) == pytest.approx(30.0, abs=4.0)
+    assert np.abs(out[int(0.4 * SR):]).max() < 1e-9  # no response past RT60 (its length): FFT round-off only
+
+
+def test_reverberate_rejects_bad_rt60_and_leaves_silence():
+    with pytest.raises(ValueError, match="rt60"):
+        reverberate(tone(), 0.0, np.random.default_rng(0))
+    silence = np.zeros(100, dtype=np.float32)
+    assert np.array_equal(reverberate(silence, 0.3, np.random.default_rng(0)), silence)
+
+
+def test_band_limit_removes_what_is_above_half_the_rate():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(SR).astype(np.float32) * 0.1  # white: energy up to 8 kHz
+    out = band_limit(x, 8000)
+    assert out.shape == x.shape and out.dtype == np.float32
+    assert spectrum_share_above(x, 4200) > 0.4
+    assert spectrum_share_above(out, 4200) < 1e-3
+    low = tone(1.0, 440.0)  # below 4 kHz: passes unchanged
+    assert np.abs(band_limit(low, 8000)[100:-100] - low[100:-100]).max() < 0.01
+    with pytest.raises(ValueError, match="rate"):
+        band_limit(x, 16000)

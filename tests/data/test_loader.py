@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 
 from mmtune.collators import collate_packed
-from mmtune.config import AugmentConfig, DataConfig, load_config
+from mmtune.config import AugmentConfig, ConfigError, DataConfig, load_config
 from mmtune.data.dataset import MultimodalDataset
 from mmtune.data.encode import MediaSpec
 from mmtune.data.loader import BatchKey, Draws, PlanSampler, draw_batches, encode_all, worker_error
@@ -20,7 +20,8 @@ from mmtune.errors import DataError
 from mmtune.model.tokenizer import load_tokenizer
 from tests.tiny import write_asr_run
 
-AUGMENT = AugmentConfig(spec_augment=True, time_mask=5, speed=[0.9, 1.0, 1.1], noise_snr_db=20.0)
+AUGMENT = AugmentConfig(spec_augment=True, time_mask=5, speed=[0.9, 1.0, 1.1], noise_snr_db=[10.0, 30.0],
+                        noise_p=0.5, reverb_p=0.5, band_limit_p=0.5, band_limit_rates=[8000, 11025])
 
 
 def dataset_of(folder, tokenizer_dir, train=False, **data):
@@ -227,3 +228,36 @@ def test_an_index_worker_that_dies_is_an_error_not_a_hang():
     assert [r[0] for r in map_chunks(_dies_on_chunk_two, job, [0, 1, 3], 2, tqdm(disable=True))] == [0, 1, 3]
     with pytest.raises(DataError, match=r"data/train.jsonl: a worker process died after \d rows"):
         map_chunks(_dies_on_chunk_two, job, [0, 1, 2, 3], 2, tqdm(disable=True))
+
+
+def test_room_and_channel_augmentation_change_the_training_features_as_configured(tmp_path, tokenizer_dir):
+    clean = dataset_of(tmp_path, tokenizer_dir, train=True)
+    plain = clean.example(0, 0).audio[0]  # (n_mels, frames)
+    # a probability of 0 draws nothing: SpecAugment's masks (later in the stream) are those without noise
+    masked = dataset_of(tmp_path, tokenizer_dir, train=True, augment=AugmentConfig(spec_augment=True))
+    off = dataset_of(tmp_path, tokenizer_dir, train=True,
+                     augment=AugmentConfig(spec_augment=True, noise_snr_db=[5.0, 10.0], noise_p=0.0))
+    assert torch.equal(masked.example(0, 0).audio[0], off.example(0, 0).audio[0])
+    # telephone: mel bins above 4 kHz (bins 57+ of 80 on Whisper's scale) lose their energy
+    phone = dataset_of(tmp_path, tokenizer_dir, train=True,
+                       augment=AugmentConfig(band_limit_p=1.0, band_limit_rates=[8000]))
+    limited = phone.example(0, 0).audio[0]
+    assert limited.shape == plain.shape
+    assert (plain[60:] - limited[60:]).mean() > 0.1 and (plain[:40] - limited[:40]).abs().mean() < 0.1
+    room = dataset_of(tmp_path, tokenizer_dir, train=True, augment=AugmentConfig(reverb_p=1.0, reverb_rt60=[0.5, 0.5]))
+    a, b = room.example(0, 0).audio[0], room.example(0, 1).audio[0]
+    assert a.shape == plain.shape and not torch.equal(a, plain)
+    assert not torch.equal(a, b) and torch.equal(a, room.example(0, 0).audio[0])  # drawn per (epoch, row), seeded
+
+
+@pytest.mark.parametrize("augment, message", [
+    ({"reverb_p": 1.5}, "reverb_p: 1.5 is not a probability"),
+    ({"noise_snr_db": [30, 10]}, "noise_snr_db: .* is not a range"),
+    ({"reverb_rt60": [0.0, 0.5]}, "reverb_rt60: .* > 0 s"),
+    ({"band_limit_rates": [16000]}, "band_limit_rates: .* rates in \\(0, 16000\\) Hz"),
+])
+def test_bad_augmentation_settings_are_config_errors_naming_the_key(tmp_path, tokenizer_dir, augment, message):
+    config = write_asr_run(tmp_path, tokenizer_dir)
+    overrides = [f"data.augment.{k}={json.dumps(v)}" for k, v in augment.items()]
+    with pytest.raises(ConfigError, match="data.augment." + message):
+        load_config(config, overrides)

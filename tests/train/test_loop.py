@@ -46,7 +46,8 @@ def test_resume_after_a_kill_logs_the_same_losses(tmp_path, tokenizer_dir, monke
     # at step 5 falls in the second epoch)
     # and attention dropout draws from torch's global RNG, which the data loaders must leave alone
     overrides = ["train.save_every=3", "data.augment.spec_augment=true", "data.augment.time_mask=5",
-                 "data.augment.speed=[0.9,1.0,1.1]", "data.augment.noise_snr_db=20", "data.num_workers=2",
+                 "data.augment.speed=[0.9,1.0,1.1]", "data.augment.noise_snr_db=[10,30]", "data.augment.noise_p=0.5",
+                 "data.augment.reverb_p=0.5", "data.augment.band_limit_p=0.5", "data.num_workers=2",
                  "model.llm.config.attention_dropout=0.2"]
     train(load_config(whole, overrides))
 
