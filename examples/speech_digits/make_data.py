@@ -1,14 +1,18 @@
-"""Make the spoken-digits data of the speech example with espeak-ng.
+"""Make the spoken-digits data of the speech example: three speech synthesizers and real people.
 
-Run from the repository root (needs the `espeak-ng` program):
+Run from the repository root (needs `espeak-ng`, `flite` and festival's `text2wave` with the
+Debian voices festvox-kdlpc16k and festvox-us-slt-hts, and the Free Spoken Digit Dataset
+recordings in ../shared/data/fsdd/recordings, or --fsdd DIR):
 
     python examples/speech_digits/make_data.py
 
-Each utterance is a random string of 2-6 digits spoken as words ("three one four"),
-synthesized with one of many espeak-ng voices at a random speed and pitch, resampled to
-16 kHz mono, lightly trimmed, and stored as Ogg/Opus. The eval split uses only voices
-training never hears. The seed is fixed: a rerun writes the same manifests and the same
-audio bytes. DATA.md beside this script describes the result.
+Each utterance is a random string of 2-6 digits spoken as words ("three one four"):
+- synthesized by espeak-ng (many voices), flite or festival at a random speed and pitch, or
+- joined from single-digit recordings of one real person (FSDD, 8 kHz) with short pauses;
+resampled to 16 kHz mono, lightly trimmed, peak-normalized and stored as Ogg/Opus. The eval
+split uses only voices and one real speaker that training never hears. The seeds are fixed: a
+rerun writes the same manifests and the same audio bytes. DATA.md beside this script describes
+the result.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import random
 import struct
 import subprocess
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -32,12 +37,14 @@ from tqdm import tqdm
 
 SEED = 20240601
 SAMPLE_RATE = 16000  # Hz, what the audio encoders expect
-N_TRAIN = 2000  # utterances
-N_EVAL = 200  # utterances
 N_WORKERS = 2  # processes
 MIN_DIGITS, MAX_DIGITS = 2, 6  # digits per utterance, inclusive
 SPEED_WPM = (130, 200)  # espeak-ng -s, words per minute, inclusive
 PITCH = (30, 70)  # espeak-ng -p, 0..99, inclusive
+STRETCH = (0.8, 1.25)  # flite / festival diphone duration stretch (1 = the voice's own pace)
+F0_MEAN = (85, 180)  # flite int_f0_target_mean, Hz
+PAUSE_S = (0.05, 0.30)  # silence between two joined recordings of a real speaker, s
+FADE_S = 0.005  # fade in/out of each joined recording, s (no clicks at the joins)
 TRIM_TOP_DB = 40.0  # dB below the peak that counts as silence
 TRIM_FRAME = 512  # samples (32 ms) per trim analysis frame
 TRIM_HOP = 128  # samples (8 ms) between trim frames
@@ -46,10 +53,14 @@ PEAK = 0.89  # linear peak after normalization (-1 dBFS)
 # soundfile's compression_level for Opus; libsndfile maps it to a target bitrate of
 # (1 - level) * 250 + 6 kbit/s, so 0.98 -> 11 kbit/s (wideband speech).
 OPUS_LEVEL = 0.98
+# The FSDD recordings are 8 kHz (nothing above 4 kHz): 0.99 -> 8.5 kbit/s, where the encoder
+# switches to narrowband, loses nothing they hold (log-mel correlation 0.973 against 0.980 at
+# 0.98, for 28% fewer bytes).
+OPUS_LEVEL_NARROWBAND = 0.99
 OGG_SERIAL = 0x6D6D7475  # fixed Ogg stream serial ("mmtu") so reruns give identical bytes
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# Voices are "<accent>[+<variant>]": an espeak-ng English voice, optionally with a variant
+# espeak-ng voices are "<accent>[+<variant>]": an English voice, optionally with a variant
 # (espeak-ng --voices=en, espeak-ng --voices=variant).
 TRAIN_ACCENTS = (
     "en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc",
@@ -57,6 +68,22 @@ TRAIN_ACCENTS = (
 TRAIN_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m8", "f1", "f2", "f3", "f5")
 # Held out: a male variant (m7), a female variant (f4) and an accent (Caribbean, en-029).
 EVAL_VOICES = ("en-us+m7", "en+f4", "en-029")
+# Other synthesizers (Debian: flite, festival, festvox-kdlpc16k, festvox-us-slt-hts), as
+# "<engine>:<voice>". flite's awb (Scottish male) is held out; kal (8 kHz) is left out: kal16 is
+# the same voice at 16 kHz.
+TRAIN_TTS = ("flite:kal16", "flite:rms", "flite:slt", "festival:ked_diphone", "festival:cmu_us_slt_arctic_hts")
+EVAL_TTS = ("flite:awb",)
+# Real people: FSDD speakers (all male; see ../shared/data/fsdd/README.md). lucas (German accent)
+# is the example's held-out real voice.
+TRAIN_SPEAKERS = ("jackson", "nicolas", "george")
+EVAL_SPEAKERS = ("lucas",)
+FSDD_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd" / "recordings"
+
+# Utterances per part of each split. Each part of each split draws from its own seed (plan_split),
+# so a part's rows do not change when another part's count does.
+N_ESPEAK = {"train": 2000, "eval": 200}
+N_TTS = {"train": 600, "eval": 60}
+N_REAL = {"train": 1500, "eval": 200}
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -67,9 +94,12 @@ class Utterance:
 
     audio: str  # path relative to the data folder, e.g. "train/00000.ogg"
     text: str
-    voice: str
-    speed: int  # words per minute
-    pitch: int  # espeak-ng pitch, 0..99
+    voice: str  # espeak-ng voice, "<engine>:<voice>" or "real:<speaker>"
+    kind: str  # "synthetic" | "real"
+    speed: float = 1.0  # espeak-ng words per minute, or a duration stretch
+    pitch: float = 0.0  # espeak-ng pitch 0..99, or flite's mean F0 in Hz
+    recordings: tuple[str, ...] = ()  # real speech: the joined FSDD files, one per digit
+    pauses: tuple[float, ...] = ()  # real speech: seconds of silence after each but the last
 
 
 def train_voices() -> list[str]:
@@ -77,29 +107,92 @@ def train_voices() -> list[str]:
     return [a + (f"+{v}" if v else "") for a in TRAIN_ACCENTS for v in TRAIN_VARIANTS]
 
 
+def _digits(rng: random.Random) -> list[str]:
+    return [rng.choice(DIGIT_WORDS) for _ in range(rng.randint(MIN_DIGITS, MAX_DIGITS))]
+
+
 def plan(split: str, n: int, voices: list[str], rng: random.Random) -> list[Utterance]:
-    """Draw n utterances for one split; all randomness happens here, in the main process."""
+    """Draw n espeak-ng utterances for one split; all randomness happens here, in the main process."""
     utts = []
     for i in range(n):
-        n_digits = rng.randint(MIN_DIGITS, MAX_DIGITS)
-        text = " ".join(rng.choice(DIGIT_WORDS) for _ in range(n_digits))
+        text = " ".join(_digits(rng))
         utts.append(Utterance(
             audio=f"{split}/{i:05d}.ogg",
             text=text,
             voice=rng.choice(voices),
+            kind="synthetic",
             speed=rng.randint(*SPEED_WPM),
             pitch=rng.randint(*PITCH),
         ))
     return utts
 
 
-def synthesize(utt: Utterance) -> np.ndarray:
-    """Speak utt.text with espeak-ng; returns float32 mono at SAMPLE_RATE, shape (samples,)."""
-    cmd = ["espeak-ng", "-v", utt.voice, "-s", str(utt.speed), "-p", str(utt.pitch), "--stdout", utt.text]
-    wav = subprocess.run(cmd, capture_output=True, check=True).stdout
-    audio, sr = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
+def plan_tts(split: str, n: int, voices: tuple[str, ...], rng: random.Random) -> list[Utterance]:
+    """n utterances by flite / festival voices, at a random pace (and flite pitch)."""
+    return [Utterance(audio=f"{split}_tts/{i:05d}.ogg", text=" ".join(_digits(rng)), voice=voices[i % len(voices)],
+                      kind="synthetic", speed=round(rng.uniform(*STRETCH), 3), pitch=rng.randint(*F0_MEAN))
+            for i in range(n)]
+
+
+def plan_real(split: str, n: int, speakers: tuple[str, ...], fsdd: Path, rng: random.Random) -> list[Utterance]:
+    """n digit strings, each joined from recordings of one real speaker (FSDD `{digit}_{speaker}_{index}.wav`)."""
+    files = {(d, s): sorted(p.name for p in fsdd.glob(f"{d}_{s}_*.wav")) for d in range(10) for s in speakers}
+    empty = [f"{d}_{s}_*.wav" for (d, s), names in files.items() if not names]
+    if empty:
+        raise SystemExit(f"error: {fsdd} has no recordings {', '.join(empty[:3])}: pass the FSDD recordings "
+                         f"folder with --fsdd")
+    utts = []
+    for i in range(n):
+        speaker = speakers[i % len(speakers)]
+        words = _digits(rng)
+        utts.append(Utterance(
+            audio=f"{split}_real/{i:05d}.ogg", text=" ".join(words), voice=f"real:{speaker}", kind="real",
+            recordings=tuple(rng.choice(files[DIGIT_WORDS.index(w), speaker]) for w in words),
+            pauses=tuple(round(rng.uniform(*PAUSE_S), 3) for _ in words[1:])))
+    return utts
+
+
+def _read_mono(data: bytes | Path) -> np.ndarray:
+    """A WAV (bytes or file) as float32 mono at SAMPLE_RATE, shape (samples,)."""
+    audio, sr = sf.read(io.BytesIO(data) if isinstance(data, bytes) else data, dtype="float32", always_2d=True)
     mono = audio.mean(axis=1)  # (samples, channels) -> (samples,)
-    return librosa.resample(mono, orig_sr=sr, target_sr=SAMPLE_RATE)
+    return librosa.resample(mono, orig_sr=sr, target_sr=SAMPLE_RATE) if sr != SAMPLE_RATE else mono
+
+
+def synthesize(utt: Utterance, fsdd: Path = FSDD_DIR) -> np.ndarray:
+    """Speak (or join) utt.text; returns float32 mono at SAMPLE_RATE, shape (samples,)."""
+    if utt.kind == "real":
+        return join_recordings(utt, fsdd)
+    engine, _, voice = utt.voice.rpartition(":")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "out.wav"
+        if engine == "flite":
+            cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={utt.speed}",
+                   "--setf", f"int_f0_target_mean={utt.pitch}", "-t", utt.text, "-o", str(wav)]
+            subprocess.run(cmd, capture_output=True, check=True)
+        elif engine == "festival":  # diphone voices honour Duration_Stretch; the HTS voice ignores it
+            cmd = ["text2wave", "-eval", f"(voice_{voice})", "-eval", f"(Parameter.set 'Duration_Stretch {utt.speed})",
+                   "-o", str(wav)]
+            subprocess.run(cmd, input=utt.text.encode(), capture_output=True, check=True)
+        else:
+            cmd = ["espeak-ng", "-v", utt.voice, "-s", str(utt.speed), "-p", str(utt.pitch), "--stdout", utt.text]
+            return _read_mono(subprocess.run(cmd, capture_output=True, check=True).stdout)
+        return _read_mono(wav)
+
+
+def join_recordings(utt: Utterance, fsdd: Path) -> np.ndarray:
+    """The utterance's recordings, each peak-normalized and faded, joined by its pauses of silence."""
+    fade = int(FADE_S * SAMPLE_RATE)
+    ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+    pieces = []
+    for k, name in enumerate(utt.recordings):
+        clip = normalize_peak(_read_mono(fsdd / name))
+        clip[:fade] *= ramp[: len(clip)]
+        clip[-fade:] *= ramp[::-1][-len(clip[-fade:]):]
+        pieces.append(clip)
+        if k < len(utt.pauses):
+            pieces.append(np.zeros(int(utt.pauses[k] * SAMPLE_RATE), dtype=np.float32))
+    return np.concatenate(pieces)
 
 
 def trim(audio: np.ndarray) -> np.ndarray:
@@ -116,10 +209,10 @@ def normalize_peak(audio: np.ndarray) -> np.ndarray:
     return (audio * (PEAK / max(float(np.abs(audio).max()), 1e-9))).astype(np.float32)
 
 
-def encode_opus(audio: np.ndarray) -> bytes:
+def encode_opus(audio: np.ndarray, level: float = OPUS_LEVEL) -> bytes:
     """Ogg/Opus bytes of a mono clip at SAMPLE_RATE, compacted by compact_ogg."""
     buf = io.BytesIO()
-    sf.write(buf, audio, SAMPLE_RATE, format="OGG", subtype="OPUS", compression_level=OPUS_LEVEL)
+    sf.write(buf, audio, SAMPLE_RATE, format="OGG", subtype="OPUS", compression_level=level)
     return compact_ogg(buf.getvalue(), OGG_SERIAL)
 
 
@@ -182,28 +275,38 @@ def compact_ogg(data: bytes, serial: int) -> bytes:
     return bytes(out)
 
 
-def render(utt: Utterance, data_dir: Path) -> int:
+def render(utt: Utterance, data_dir: Path, fsdd: Path = FSDD_DIR) -> int:
     """Synthesize, process and write one utterance; returns the file size in bytes."""
-    audio = normalize_peak(trim(synthesize(utt)))
-    payload = encode_opus(audio)
+    audio = normalize_peak(trim(synthesize(utt, fsdd)))
+    payload = encode_opus(audio, OPUS_LEVEL_NARROWBAND if utt.kind == "real" else OPUS_LEVEL)
     (data_dir / utt.audio).write_bytes(payload)
     return len(payload)
 
 
 def write_manifest(path: Path, utts: list[Utterance]) -> None:
-    """ASR-shorthand JSONL: {"audio", "text", "voice"}, audio relative to the manifest."""
-    rows = (json.dumps({"audio": u.audio, "text": u.text, "voice": u.voice}) for u in utts)
+    """ASR-shorthand JSONL: {"audio", "text", "voice", "kind"}, audio relative to the manifest."""
+    rows = (json.dumps({"audio": u.audio, "text": u.text, "voice": u.voice, "kind": u.kind}) for u in utts)
     path.write_text("".join(row + "\n" for row in rows))
 
 
-def make_split(split: str, utts: list[Utterance], data_dir: Path, workers: int) -> int:
-    """Render one split into data_dir/<split>/ and its manifest; returns audio bytes."""
-    split_dir = data_dir / split
-    split_dir.mkdir(parents=True, exist_ok=True)
-    for stale in split_dir.glob("*.ogg"):
-        stale.unlink()
+def plan_split(split: str, fsdd: Path) -> list[Utterance]:
+    """Every utterance of a split: espeak-ng, other synthesizers, real speakers; one seed per part."""
+    held_out = split == "eval"
+    return (plan(split, N_ESPEAK[split], list(EVAL_VOICES) if held_out else train_voices(),
+                 random.Random(SEED + held_out))
+            + plan_tts(split, N_TTS[split], EVAL_TTS if held_out else TRAIN_TTS, random.Random(SEED + 10 + held_out))
+            + plan_real(split, N_REAL[split], EVAL_SPEAKERS if held_out else TRAIN_SPEAKERS, fsdd,
+                        random.Random(SEED + 20 + held_out)))
+
+
+def make_split(split: str, utts: list[Utterance], data_dir: Path, fsdd: Path, workers: int) -> int:
+    """Render one split into data_dir/<split>*/ and its manifest; returns audio bytes."""
+    for folder in {Path(u.audio).parent for u in utts}:
+        (data_dir / folder).mkdir(parents=True, exist_ok=True)
+        for stale in (data_dir / folder).glob("*.ogg"):
+            stale.unlink()
     with Pool(workers) as pool:
-        jobs = pool.imap(partial(render, data_dir=data_dir), utts, chunksize=16)
+        jobs = pool.imap(partial(render, data_dir=data_dir, fsdd=fsdd), utts, chunksize=16)
         sizes = list(tqdm(jobs, total=len(utts), desc=split, unit="utt"))
     write_manifest(data_dir / f"{split}.jsonl", utts)
     return sum(sizes)
@@ -213,19 +316,19 @@ def main(argv: list[str] | None = None) -> None:
     """Plan both splits from SEED, render them, print counts and sizes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="data folder (default: %(default)s)")
-    parser.add_argument("--n-train", type=int, default=N_TRAIN)
-    parser.add_argument("--n-eval", type=int, default=N_EVAL)
+    parser.add_argument("--fsdd", type=Path, default=FSDD_DIR,
+                        help="folder of the FSDD recordings {digit}_{speaker}_{index}.wav (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=N_WORKERS)
     args = parser.parse_args(argv)
-    # one generator per split, so changing --n-train leaves the eval split as it is
-    splits = {
-        "train": plan("train", args.n_train, train_voices(), random.Random(SEED)),
-        "eval": plan("eval", args.n_eval, list(EVAL_VOICES), random.Random(SEED + 1)),
-    }
-    for split, utts in splits.items():
-        n_bytes = make_split(split, utts, args.out, args.workers)
+    for split in ("train", "eval"):
+        utts = plan_split(split, args.fsdd)
+        n_bytes = make_split(split, utts, args.out, args.fsdd, args.workers)
+        if split == "train":  # train.jsonl: the espeak-ng part (the main job), train_all.jsonl: every part
+            write_manifest(args.out / "train_all.jsonl", utts)
+            write_manifest(args.out / "train.jsonl", [u for u in utts if Path(u.audio).parent.name == "train"])
         voices = Counter(u.voice for u in utts)
-        print(f"{split}: {len(utts)} utterances, {n_bytes / 1e6:.2f} MB audio, {len(voices)} voices")
+        kinds = Counter(u.kind for u in utts)
+        print(f"{split}: {len(utts)} utterances ({dict(kinds)}), {n_bytes / 1e6:.2f} MB audio, {len(voices)} voices")
 
 
 if __name__ == "__main__":
