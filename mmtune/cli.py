@@ -225,8 +225,11 @@ def _add_transcribe(sub) -> None:
         sub, "transcribe", "transcribe audio files with a speech checkpoint (batched, greedy)",
         "Prints one line per file: PATH<TAB>TEXT. Files are read with soundfile (WAV, FLAC, OGG/Opus, MP3)\n"
         "and resampled to 16 kHz; a clip may be at most 30 s. The model hears what it was trained on: the\n"
-        "offline speech example's checkpoint knows digit words spoken by its synthetic voices.",
+        "offline speech example's checkpoints know the ten digit words only: the main job's\n"
+        "(runs/speech_digits/final) synthetic voices only, the one after examples/speech_digits/voices.yaml\n"
+        "(runs/speech_digits_voices/final) real people too, about 6 words in 10 of a voice it never heard.",
         "  mmtune transcribe --checkpoint runs/speech_digits/final clip1.wav clip2.flac\n"
+        "  mmtune transcribe --checkpoint runs/speech_digits_voices/final my_voice.wav\n"
         "  mmtune transcribe --checkpoint runs/speech_digits/final recordings/*.ogg --batch-size 32 > out.tsv")
     p.add_argument("--checkpoint", required=True, help="a folder written by mmtune train (OUTPUT_DIR/final)")
     p.add_argument("files", nargs="+", help="audio files")
