@@ -187,8 +187,8 @@ def join_recordings(utt: Utterance, fsdd: Path) -> np.ndarray:
     pieces = []
     for k, name in enumerate(utt.recordings):
         clip = normalize_peak(_read_mono(fsdd / name))
-        clip[:fade] *= ramp[: len(clip)]
-        clip[-fade:] *= ramp[::-1][-len(clip[-fade:]):]
+        clip[:fade] *= ramp  # FSDD clips are >= 0.14 s, far longer than two fades
+        clip[-fade:] *= ramp[::-1]
         pieces.append(clip)
         if k < len(utt.pauses):
             pieces.append(np.zeros(int(utt.pauses[k] * SAMPLE_RATE), dtype=np.float32))
@@ -299,16 +299,15 @@ def plan_split(split: str, fsdd: Path) -> list[Utterance]:
                         random.Random(SEED + 20 + held_out)))
 
 
-def make_split(split: str, utts: list[Utterance], data_dir: Path, fsdd: Path, workers: int) -> int:
-    """Render one split into data_dir/<split>*/ and its manifest; returns audio bytes."""
+def make_split(utts: list[Utterance], data_dir: Path, fsdd: Path, workers: int, desc: str) -> int:
+    """Render one split's audio into its data_dir/<split>*/ folders; returns audio bytes."""
     for folder in {Path(u.audio).parent for u in utts}:
         (data_dir / folder).mkdir(parents=True, exist_ok=True)
         for stale in (data_dir / folder).glob("*.ogg"):
             stale.unlink()
     with Pool(workers) as pool:
         jobs = pool.imap(partial(render, data_dir=data_dir, fsdd=fsdd), utts, chunksize=16)
-        sizes = list(tqdm(jobs, total=len(utts), desc=split, unit="utt"))
-    write_manifest(data_dir / f"{split}.jsonl", utts)
+        sizes = list(tqdm(jobs, total=len(utts), desc=desc, unit="utt"))
     return sum(sizes)
 
 
@@ -322,13 +321,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for split in ("train", "eval"):
         utts = plan_split(split, args.fsdd)
-        n_bytes = make_split(split, utts, args.out, args.fsdd, args.workers)
-        if split == "train":  # train.jsonl: the espeak-ng part (the main job), train_all.jsonl: every part
-            write_manifest(args.out / "train_all.jsonl", utts)
-            write_manifest(args.out / "train.jsonl", [u for u in utts if Path(u.audio).parent.name == "train"])
+        n_bytes = make_split(utts, args.out, args.fsdd, args.workers, desc=split)
         voices = Counter(u.voice for u in utts)
         kinds = Counter(u.kind for u in utts)
         print(f"{split}: {len(utts)} utterances ({dict(kinds)}), {n_bytes / 1e6:.2f} MB audio, {len(voices)} voices")
+        if split == "train":  # train.jsonl: the espeak-ng part (the main job), train_all.jsonl: every part
+            write_manifest(args.out / "train_all.jsonl", utts)
+            utts = [u for u in utts if Path(u.audio).parent.name == "train"]
+        write_manifest(args.out / f"{split}.jsonl", utts)
 
 
 if __name__ == "__main__":
