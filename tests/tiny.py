@@ -36,6 +36,11 @@ def tiny_model_config(tokenizer_dir, llm="llama", audio=True, vision=True, llm_t
     )
 
 
+def logits_of(model, batch: dict) -> torch.Tensor:
+    """The model's logits (B, T, V) for a batch: a forward without labels (with labels it returns the loss only)."""
+    return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
 def make_batch(model, n_frames=27, with_image=True):
     """One padded row: text, one clip's placeholders, one image's placeholders, text; all supervised."""
     a, i = model.token_ids["audio"], model.token_ids["image"]

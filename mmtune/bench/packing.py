@@ -194,23 +194,29 @@ def compare_eval(padded_model, packed_model, examples, batch_size, pad_id, devic
     diff = ref = alone_diff = 0.0
     for k in range(0, len(examples), batch_size):
         group = examples[k : k + batch_size]
-        padded = padded_model(**to_device(collate_padded(group, pad_id), device))
+        padded_batch = to_device(collate_padded(group, pad_id), device)
         batch = to_device(collate_packed(group), device)
-        packed = packed_model(**batch)
-        for mode, out in (("padded", padded), ("packed", packed)):
+        for mode, model, b in (("padded", padded_model, padded_batch), ("packed", packed_model, batch)):
+            out = model(**b)
             loss[mode] += float(out.loss_sum)
             tokens[mode] += out.num_tokens
+        padded, packed = _logits(padded_model, padded_batch), _logits(packed_model, batch)  # (B, T, V), (1, T', V)
         bounds = batch["cu_seqlens"].tolist()
         for i, e in enumerate(group):
-            expected = padded.logits[i, : len(e)].float()  # (T_i, V)
-            diff += float((packed.logits[0, bounds[i] : bounds[i + 1]].float() - expected).square().sum())
+            expected = padded[i, : len(e)].float()  # (T_i, V)
+            diff += float((packed[0, bounds[i] : bounds[i + 1]].float() - expected).square().sum())
             ref += float(expected.square().sum())
-            alone = padded_model(**to_device(collate_padded([e], pad_id), device)).logits[0].float()  # (T_i, V)
+            alone = _logits(padded_model, to_device(collate_padded([e], pad_id), device))[0].float()  # (T_i, V)
             alone_diff += float((alone - expected).square().sum())
     assert tokens["padded"] == tokens["packed"], "padded and packed batches supervise different tokens"
     return {"padded_loss": loss["padded"] / tokens["padded"], "packed_loss": loss["packed"] / tokens["packed"],
             "logits_rel_err": math.sqrt(diff / ref), "alone_logits_rel_err": math.sqrt(alone_diff / ref),
             "eval_tokens": tokens["packed"], "eval_samples": len(examples)}
+
+
+def _logits(model, batch: dict) -> torch.Tensor:
+    """The model's logits for a batch (a forward with labels returns the loss only)."""
+    return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
 
 
 # ---- training --------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ config). The forward pass takes a collated batch (`mmtune.data.example` lists it
     pixel_values   (I, 3, H, W)   -> VisionTower  -> (I, N, C_v)     -> projector -> (I, N, D)
     input_ids      (B, T)         -> embeddings (B, T, D); rows at placeholder ids are replaced,
                                      in order, by the projected media tokens
-    -> LLM (use_cache=False) -> logits (B, T, V) -> summed cross entropy over supervised tokens
+    -> LLM (use_cache=False): without labels, logits (B, T, V); with labels, the summed cross
+       entropy over supervised tokens only, in chunks (`mmtune.model.loss`), and no logits
 """
 
 from dataclasses import dataclass
@@ -16,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmtune.data.example import IGNORE_INDEX
 from mmtune.errors import DataError
+from mmtune.model.loss import CHUNK_ELEMENTS, chunked_loss, head_is_plain, supervised_targets
 from mmtune.model.placeholders import num_audio_tokens
 
 
 @dataclass
 class MultimodalOutput:
-    logits: torch.Tensor  # (B, T, V)
+    logits: torch.Tensor | None = None  # (B, T, V), when called without labels
     loss: torch.Tensor | None = None  # loss_sum / num_tokens
     loss_sum: torch.Tensor | None = None  # summed token cross entropy
     num_tokens: int = 0  # supervised tokens in the batch
@@ -32,7 +33,8 @@ class MultimodalOutput:
 class MultimodalLM(nn.Module):
     def __init__(self, llm: nn.Module, token_ids: dict[str, int], audio_encoder: nn.Module | None = None,
                  audio_projector: nn.Module | None = None, vision_tower: nn.Module | None = None,
-                 vision_projector: nn.Module | None = None, audio_stack: int = 1):
+                 vision_projector: nn.Module | None = None, audio_stack: int = 1,
+                 loss_chunk_elements: int = CHUNK_ELEMENTS):
         super().__init__()
         self.llm = llm
         self.audio_encoder = audio_encoder
@@ -43,6 +45,18 @@ class MultimodalLM(nn.Module):
         self.token_ids = dict(token_ids)  # {"audio": id, "image": id}
         self.attn_kwargs_for_packing = False  # set by build: hand cu_seqlens to varlen kernels
         self.whole_parts = {"audio_projector", "vision_projector"}  # saved whole in checkpoints (set by build)
+        self.chunked_loss = head_is_plain(llm)  # else the LLM computes logits at supervised positions itself
+        self.loss_chunk_elements = loss_chunk_elements  # logits (positions x vocabulary) per loss chunk
+
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute the layers of the LLM and of every tower that trains in the backward pass, instead
+        of keeping their activations (a frozen tower keeps none: nothing flows back through it)."""
+        kwargs = {"use_reentrant": False}
+        self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        towers = (self.audio_encoder and self.audio_encoder.encoder, self.vision_tower and self.vision_tower.model)
+        for tower in towers:
+            if tower is not None and any(p.requires_grad for p in tower.parameters()):
+                tower.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
 
     # ---- media -> embeddings -------------------------------------------------------------------
 
@@ -116,17 +130,28 @@ class MultimodalLM(nn.Module):
         if cu_seqlens is not None and self.attn_kwargs_for_packing:
             kwargs = dict(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens,
                           max_length_q=int(max_seqlen), max_length_k=int(max_seqlen))
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                       use_cache=False, **kwargs)
-        logits = out.logits  # (B, T, V)
         if labels is None:
-            return MultimodalOutput(logits=logits)
-        loss_sum, num_tokens = token_loss(logits, labels)
-        if num_tokens == 0:
+            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False, **kwargs)
+            return MultimodalOutput(logits=out.logits)  # (B, T, V)
+        keep, targets = supervised_targets(labels)  # (B, T) bool, (N,)
+        if targets.numel() == 0:
             names = ", ".join(sources or []) or "this batch"
             raise DataError(names, "no supervised token in the batch (every label is masked): "
                                    "check that each sample has an assistant answer and is not truncated away")
-        return MultimodalOutput(logits=logits, loss=loss_sum / num_tokens, loss_sum=loss_sum, num_tokens=num_tokens)
+        loss_sum = self._loss_sum(embeds, keep, targets, attention_mask=attention_mask, position_ids=position_ids,
+                                  use_cache=False, **kwargs)
+        num_tokens = targets.numel()
+        return MultimodalOutput(loss=loss_sum / num_tokens, loss_sum=loss_sum, num_tokens=num_tokens)
+
+    def _loss_sum(self, embeds, keep, targets, **llm_kwargs) -> torch.Tensor:
+        """Summed cross entropy of the positions `keep` (B, T) against targets (N,), no (B, T, V) logits."""
+        if self.chunked_loss:
+            hidden = self.llm.get_decoder()(inputs_embeds=embeds, **llm_kwargs).last_hidden_state  # (B, T, D)
+            return chunked_loss(hidden[keep], targets, self.llm.get_output_embeddings(),
+                                self.loss_chunk_elements)  # (N, D) -> ()
+        logits = self.llm(inputs_embeds=embeds, logits_to_keep=keep, **llm_kwargs).logits  # (N, V)
+        return F.cross_entropy(logits.float(), targets, reduction="sum")
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, sources=None, **kwargs) -> torch.Tensor:
@@ -134,14 +159,6 @@ class MultimodalLM(nn.Module):
         media = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith(("audio_", "pixel_", "image_"))}
         embeds = self.embed(input_ids, sources, **media)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
-
-
-def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross entropy: logits (B, T, V) at t predict labels (B, T) at t + 1."""
-    shift_logits = logits[:, :-1].flatten(0, 1).float()  # (B*(T-1), V)
-    shift_labels = labels[:, 1:].flatten()  # (B*(T-1),)
-    loss_sum = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss_sum, int((shift_labels != IGNORE_INDEX).sum())
 
 
 def _segment_index(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:

@@ -65,7 +65,7 @@ def train(cfg: Config) -> dict:
         torch.set_num_threads(cfg.train.cpu_threads)
     model, tokenizer = build_model(cfg.model, device=str(accelerator.device))
     if cfg.train.gradient_checkpointing:
-        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_activation_checkpointing()
     train_set, eval_set = _datasets(cfg, tokenizer, accelerator)
     length = RunLength.of(cfg, train_set, accelerator.num_processes)
     optimizer = build_optimizer(model, cfg.train)

@@ -15,7 +15,7 @@ from mmtune.model import varlen
 from mmtune.model.build import build_model
 from mmtune.model.tokenizer import load_tokenizer
 from tests.data.test_dataset import A, I, T, chat, write_manifest, write_png, write_wav
-from tests.tiny import tiny_model_config
+from tests.tiny import logits_of, tiny_model_config
 
 
 def mixed_rows(folder):
@@ -66,9 +66,9 @@ def test_padded_and_packed_give_the_same_loss(examples, tokenizer_dir, llm, attn
     monkeypatch.setattr(varlen, "_segmentwise_sdpa", lambda q, *a: calls.append(q.shape[0]) or segmentwise(q, *a))
     total = sum(len(e) for e in examples)  # tokens of the packed LLM row
     with torch.no_grad():
-        ref = model(**padded)
+        ref, ref_logits = model(**padded), logits_of(model, padded)
         assert total not in calls  # the padded batch never goes through the LLM's cu_seqlens path
-        out = model(**packed)
+        out, out_logits = model(**packed), logits_of(model, packed)
     llm_calls = [n for n in calls if n == total]  # (the audio encoder packs its clips with varlen too)
 
     assert out.num_tokens == ref.num_tokens == sum(e.num_supervised for e in examples)
@@ -77,11 +77,11 @@ def test_padded_and_packed_give_the_same_loss(examples, tokenizer_dir, llm, attn
     torch.testing.assert_close(out.loss_sum / out.num_tokens, ref.loss_sum / ref.num_tokens, atol=1e-5, rtol=0)
     bounds = packed["cu_seqlens"].tolist()
     for b, e in enumerate(examples):  # the same logits, sample by sample
-        torch.testing.assert_close(out.logits[0, bounds[b] : bounds[b + 1]], ref.logits[b, : len(e)],
+        torch.testing.assert_close(out_logits[0, bounds[b] : bounds[b + 1]], ref_logits[b, : len(e)],
                                    atol=1e-5, rtol=1e-5)
     if attn == "varlen":
         assert model.attn_kwargs_for_packing
-        assert len(llm_calls) == len(model.llm.model.layers)  # every LLM layer took the cu_seqlens path
+        assert len(llm_calls) == 2 * len(model.llm.model.layers)  # every LLM layer took the cu_seqlens path
     else:
         assert calls == [] and not model.attn_kwargs_for_packing
 
@@ -93,9 +93,9 @@ def test_the_comparison_would_see_samples_attending_to_each_other(examples, toke
     packed = collate_packed(examples)
     packed["position_ids"] = torch.arange(packed["input_ids"].shape[1])[None]
     with torch.no_grad():
-        ref = model(**collate_padded(examples, tokenizer.pad_token_id))
-        leaky = model(**packed)
+        ref = logits_of(model, collate_padded(examples, tokenizer.pad_token_id))
+        leaky = logits_of(model, packed)
     bounds = packed["cu_seqlens"].tolist()
-    worst = max((leaky.logits[0, bounds[b]: bounds[b + 1]] - ref.logits[b, : len(e)]).abs().max().item()
+    worst = max((leaky[0, bounds[b]: bounds[b + 1]] - ref[b, : len(e)]).abs().max().item()
                 for b, e in enumerate(examples))
     assert worst > 1e-3

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tests.tiny import TINY_SIGLIP, make_batch, tiny_model_config
+from tests.tiny import TINY_SIGLIP, logits_of, make_batch, tiny_model_config
 from mmtune.errors import DataError
 from mmtune.model.build import UnknownModelError, build_model
 
@@ -9,9 +9,11 @@ from mmtune.model.build import UnknownModelError, build_model
 @pytest.mark.parametrize("llm", ["llama", "qwen2"])
 def test_forward_on_two_llm_families(tokenizer_dir, llm):
     model, tokenizer = build_model(tiny_model_config(tokenizer_dir, llm=llm))
-    out = model(**make_batch(model))
-    assert out.logits.shape[-1] == len(tokenizer)
-    assert out.num_tokens == out.logits.shape[1] - 1  # every label supervised here
+    batch = make_batch(model)
+    out = model(**batch)
+    assert out.logits is None  # with labels: the loss only, never (positions x vocabulary) logits
+    assert logits_of(model, batch).shape[-1] == len(tokenizer)
+    assert out.num_tokens == batch["input_ids"].shape[1] - 1  # every label supervised here
     assert torch.isfinite(out.loss) and out.loss.item() > 0
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from tests.tiny import TINY_CLIP, TINY_WHISPER, tiny_model_config
+from tests.tiny import TINY_CLIP, TINY_WHISPER, logits_of, tiny_model_config
 from mmtune.audio.encoder import AudioEncoder
 from mmtune.collators import collate_packed, collate_padded
 from mmtune.data.example import Example
@@ -107,12 +107,13 @@ def test_packed_varlen_logits_equal_padded_sdpa_per_sample(tokenizer_dir, monkey
     with torch.no_grad():
         ref = sdpa_model.eval()(**padded)
         out = varlen_model.eval()(**packed)
+        ref_logits, out_logits = logits_of(sdpa_model, padded), logits_of(varlen_model, packed)
     bounds = packed["cu_seqlens"].tolist()
     for b, e in enumerate(examples):
-        torch.testing.assert_close(out.logits[0, bounds[b] : bounds[b + 1]], ref.logits[b, : len(e)],
+        torch.testing.assert_close(out_logits[0, bounds[b] : bounds[b + 1]], ref_logits[b, : len(e)],
                                    atol=1e-5, rtol=1e-5)
     n_layers = len(varlen_model.llm.model.layers) + len(varlen_model.audio_encoder.encoder.layers)
-    assert len(calls) == n_layers  # every LLM and audio layer went through cu_seqlens
+    assert len(calls) == 2 * n_layers  # every LLM and audio layer went through cu_seqlens (loss and logits)
     assert out.num_tokens == ref.num_tokens
     torch.testing.assert_close(out.loss_sum, ref.loss_sum, atol=1e-5, rtol=1e-6)
 
@@ -308,10 +309,10 @@ def test_cuda_packed_model_logits_within_bf16_tolerance_of_padded(tokenizer_dir)
     on_cpu = ("audio_lengths", "audio_owner", "image_owner")
     on_cuda = lambda b: {k: v.cuda() if torch.is_tensor(v) and k not in on_cpu else v for k, v in b.items()}
     with torch.no_grad():
-        ref = sdpa_model(**on_cuda(collate_padded(examples, tokenizer.pad_token_id)))
+        ref = logits_of(sdpa_model, on_cuda(collate_padded(examples, tokenizer.pad_token_id)))
         packed = on_cuda(collate_packed(examples))
-        out = varlen_model(**packed)
+        out = logits_of(varlen_model, packed)
     bounds = packed["cu_seqlens"].tolist()
-    got = torch.cat([out.logits[0, bounds[b] : bounds[b + 1]] for b in range(len(examples))]).float()
-    want = torch.cat([ref.logits[b, : len(e)] for b, e in enumerate(examples)]).float()
+    got = torch.cat([out[0, bounds[b] : bounds[b + 1]] for b in range(len(examples))]).float()
+    want = torch.cat([ref[b, : len(e)] for b, e in enumerate(examples)]).float()
     assert float((got - want).norm() / want.norm()) < 1e-2
