@@ -398,7 +398,7 @@ def _run_export(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = _command(sub, "bench", "measure this machine: packing, audio encoder, features, data pipeline",
+    p = _command(sub, "bench", "measure this machine: packing, long rows, audio encoder, features, data pipeline",
                  "Each benchmark runs its variants side by side in one process and prints (or --json writes) the\n"
                  "figures; BENCHMARKS.md holds the recorded ones.",
                  "  mmtune bench packing --json packing.json\n  mmtune bench data --sizes 2000 20000")
@@ -420,6 +420,24 @@ def _add_bench(sub) -> None:
     d.add_argument("--eager-max", type=int, default=20000, help="largest size the eager pipeline is run at")
     d.add_argument("--json", help="also write the result to this file")
     d.set_defaults(run=_run_bench, bench="data")
+    g = bsub.add_parser("long", help="memory and speed of one long packed row, 1k -> 32k tokens, plain vs chunked loss",
+                        formatter_class=HelpFormatter,
+                        description="Memory and speed of one long packed row, plain loss against the chunked one.\n\n"
+                                    "An LLM with Qwen2.5's 151,936-token vocabulary and a small hidden size trains one "
+                                    "packed row of each\nlength (1,024-token samples, every position supervised), each "
+                                    "run in a fresh process: peak memory of\nthe step (VmHWM above the resident size "
+                                    "before it; on CUDA max_memory_allocated), the loss's share\n(step minus the same "
+                                    "step without the output head) and tokens/s. The plain loss is skipped, and\n"
+                                    "extrapolated, where its logits would not fit in the memory available.",
+                        epilog="examples:\n  mmtune bench long --json long.json\n"
+                               "  mmtune bench long --lengths 1024 4096          a quicker look")
+    g.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768],
+                   help="tokens of the packed row")
+    g.add_argument("--hidden", type=int, default=64, help="the LLM's hidden size (its vocabulary stays 151,936)")
+    g.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU)")
+    g.add_argument("--threads", type=int, help="torch CPU threads in each run")
+    g.add_argument("--json", help="also write the result to this file")
+    g.set_defaults(run=_run_bench, bench="long")
     for name, help_text in (("packing", "padded vs packed training throughput on a realistic mix"),
                             ("audio-encoder", "variable-length vs 30 s-padded Whisper encoding of 5 s clips"),
                             ("features", "mmtune log-mel vs transformers' WhisperFeatureExtractor")):
@@ -468,6 +486,10 @@ def _run_bench(args) -> int:
         from mmtune.bench.data import run
 
         result = run(sizes=args.sizes, steps=args.steps, workers=args.workers, eager_max=args.eager_max)
+    elif args.bench == "long":
+        from mmtune.bench.long import run
+
+        result = run(lengths=args.lengths, device=args.device, threads=args.threads, hidden=args.hidden)
     elif args.bench == "packing":
         from mmtune.bench.packing import run
 

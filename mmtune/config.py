@@ -58,12 +58,16 @@ class TowerConfig:
     config: dict | None = None  # e.g. {model_type: whisper, d_model: 64, ...} for offline tiny models
     train: str = "frozen"  # frozen | lora | full
     feature_layer: int = -2  # vision: hidden state fed to the projector (LLaVA: second to last)
+    window_seconds: float = 30.0  # audio: longer clips are encoded in windows of at most this many seconds
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
 
     def __post_init__(self):
         if (self.path is None) == (self.config is None):
             raise ConfigError("give exactly one of `path` (checkpoint or hub id) or `config`")
         _check_choice("train", self.train, TRAIN_PLANS)
+        if not 0.01 <= float(self.window_seconds):
+            raise ConfigError(f"window_seconds: {self.window_seconds!r}: give a window of at least 0.01 s "
+                              f"(one mel frame), at most the encoder's 30 s")
 
 
 @dataclass
@@ -153,6 +157,7 @@ class DataConfig:
     instruction: str = "Transcribe the audio."  # user prompt for the ASR shorthand {"audio", "text"}
     system: str | None = None
     max_length: int = 2048  # tokens per sample, placeholders included
+    max_audio_seconds: float = 600.0  # longest clip accepted (encoded in windows of model.audio.window_seconds)
     truncation: str = "drop"  # drop | text: over-long samples are dropped or cut in text only
     train_on: str = "all"  # all | last: which assistant turns are supervised
     on_bad_sample: str = "error"  # error | skip
@@ -171,6 +176,8 @@ class DataConfig:
         _check_choice("image_resize", self.image_resize, ("crop", "pad"))
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if not float(self.max_audio_seconds) > 0:
+            raise ConfigError(f"max_audio_seconds: must be > 0, got {self.max_audio_seconds}")
         if self.shard_window < 1:
             raise ConfigError(f"shard_window: must be >= 1, got {self.shard_window}")
         if self.num_workers < 0 or self.prefetch < 1:

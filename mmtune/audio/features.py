@@ -69,6 +69,17 @@ def log_mel_spectrogram(waveform, n_mels: int = 80, lengths=None, device=None) -
     return features[0] if single else features  # (n_mels, T) or (B, n_mels, T)
 
 
+def windowed_log_mel(waveform, n_mels: int = 80, window: int = MAX_FRAMES) -> torch.Tensor:
+    """Log-mel of one clip (n,) cut into windows of `window` frames, each computed as a clip of its own
+    (its own start reflection and max - 8 floor, as Whisper sees a 30 s segment), joined along time:
+    (n_mels, n // 160). A clip no longer than one window gives exactly `log_mel_spectrogram`'s features."""
+    step = window * HOP_LENGTH  # samples per window
+    if len(waveform) <= step:
+        return log_mel_spectrogram(waveform, n_mels)
+    parts = [log_mel_spectrogram(waveform[a : a + step], n_mels) for a in range(0, len(waveform), step)]
+    return torch.cat(parts, dim=-1)  # (n_mels, sum of n_i // 160) = (n_mels, n // 160): windows are whole hops
+
+
 def _as_batch(waveform, lengths, device) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 samples (B, n) on `device` and lengths (B,) int64, checked against n."""
     x = torch.as_tensor(waveform).to(device=device, dtype=torch.float32)

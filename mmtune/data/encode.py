@@ -21,14 +21,14 @@ import torch
 from transformers import AutoConfig
 
 from mmtune.audio.augment import add_noise, band_limit, reverberate, spec_augment, speed_perturb
-from mmtune.audio.features import HOP_LENGTH, MAX_FRAMES, log_mel_spectrogram
+from mmtune.audio.features import FRAMES_PER_SECOND, HOP_LENGTH, MAX_FRAMES, windowed_log_mel
 from mmtune.audio.io import SAMPLE_RATE, load_audio, num_samples
 from mmtune.config import DataConfig, ModelConfig
 from mmtune.data.chat import render_conversation, render_prompt, truncate
 from mmtune.data.example import IGNORE_INDEX, Example
 from mmtune.data.formats import Sample
 from mmtune.errors import DataError, MediaError
-from mmtune.model.placeholders import PLACEHOLDERS, num_audio_tokens, num_image_tokens
+from mmtune.model.placeholders import PLACEHOLDERS, num_audio_tokens, num_image_tokens, window_frames
 from mmtune.vision.io import load_image
 from mmtune.vision.preprocess import ImageSpec, preprocess_image
 
@@ -39,6 +39,7 @@ class MediaSpec:
 
     n_mels: int | None = None  # None: the model has no audio tower
     audio_stack: int = 1
+    audio_window: int = MAX_FRAMES  # mel frames per encoder window (clips longer than this are cut)
     image: ImageSpec | None = None  # None: the model has no vision tower
     image_tokens: int = 0
     image_resize: str = "crop"
@@ -50,6 +51,7 @@ class MediaSpec:
             audio = model.audio.config or AutoConfig.from_pretrained(model.audio.path).to_dict()
             spec.n_mels = int(audio.get("num_mel_bins", 80))
             spec.audio_stack = model.audio.projector.stack
+            spec.audio_window = window_frames(model.audio.window_seconds, int(audio.get("max_source_positions", 1500)))
         if model.vision is not None:
             vision = model.vision.config or _vision_config(model.vision.path)
             default = ImageSpec.siglip if "siglip" in vision.get("model_type", "") else ImageSpec.clip
@@ -132,7 +134,7 @@ class SampleEncoder:
 
     def _counts(self, audio_frames: list[int], images: int) -> dict[str, list[int]]:
         """Placeholder tokens of each clip (from its mel frames) and each image."""
-        return {"audio": [num_audio_tokens(t, self.spec.audio_stack) for t in audio_frames],
+        return {"audio": [num_audio_tokens(t, self.spec.audio_stack, self.spec.audio_window) for t in audio_frames],
                 "image": [self.spec.image_tokens] * images}
 
     def _render(self, sample: Sample, counts: dict):
@@ -153,8 +155,9 @@ class SampleEncoder:
         return ids, labels, {self.placeholder_ids[pid]: n for pid, n in runs.items()}, True
 
     def usable_speeds(self, n_samples: int) -> list[float]:
-        """Speed factors a clip of n samples may be drawn at: those that keep it within 30 s (1.0 always)."""
-        fit = [f for f in self.speeds if _frames(n_samples, f) <= MAX_FRAMES]
+        """Speed factors a clip of n samples may be drawn at: those that keep it within data.max_audio_seconds
+        (1.0 always)."""
+        fit = [f for f in self.speeds if _frames(n_samples, f) <= self._max_frames]
         return fit or [1.0]
 
     def audio_features(self, part: dict, rng: np.random.Generator | None = None) -> torch.Tensor:
@@ -164,8 +167,8 @@ class SampleEncoder:
         wave = load_audio(part["path"], SAMPLE_RATE, part.get("bytes"))  # (n,)
         if rng is not None:
             wave = self._augment_wave(wave, rng)
-        features = log_mel_spectrogram(wave, n_mels=self.spec.n_mels)  # (n_mels, frames)
-        _check_frames(part["path"], features.shape[-1])
+        features = windowed_log_mel(wave, self.spec.n_mels, self.spec.audio_window)  # (n_mels, frames)
+        self._check_frames(part["path"], features.shape[-1])
         return features
 
     def _augment_wave(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -189,8 +192,20 @@ class SampleEncoder:
         if self.spec.n_mels is None:
             raise DataError("", "the sample has audio but the model has no audio tower: add model.audio")
         n = num_samples(part["path"], SAMPLE_RATE, part.get("bytes"))
-        _check_frames(part["path"], n // HOP_LENGTH)
+        self._check_frames(part["path"], n // HOP_LENGTH)
         return n
+
+    @property
+    def _max_frames(self) -> int:
+        return round(float(self.data.max_audio_seconds) * FRAMES_PER_SECOND)
+
+    def _check_frames(self, path: str, frames: int) -> None:
+        if frames == 0:
+            raise MediaError(f"audio file {path} is shorter than one 10 ms frame")
+        if frames > self._max_frames:
+            raise MediaError(f"audio file {path} is {frames / FRAMES_PER_SECOND:.1f} s long, over "
+                             f"data.max_audio_seconds={self.data.max_audio_seconds:g}: raise it (the clip is "
+                             f"encoded in {self.spec.audio_window / FRAMES_PER_SECOND:g} s windows) or split the file")
 
     def _check_image_ref(self, part: dict) -> None:
         if self.spec.image is None:
@@ -219,14 +234,6 @@ def _frames(n_samples: int, speed: float) -> int:
     """Mel frames of a clip of n samples played `speed` times faster (speed_perturb's length rule)."""
     n = math.ceil(n_samples * SAMPLE_RATE / (SAMPLE_RATE * speed)) if speed != 1.0 else n_samples
     return n // HOP_LENGTH
-
-
-def _check_frames(path: str, frames: int) -> None:
-    if frames == 0:
-        raise MediaError(f"audio file {path} is shorter than one 10 ms frame")
-    if frames > MAX_FRAMES:
-        raise MediaError(f"audio file {path} is {frames / 100:.1f} s long; the encoder takes at "
-                         f"most 30 s: split it into shorter clips")
 
 
 @contextmanager

@@ -165,7 +165,8 @@ def index_key(path: str, encoder: SampleEncoder, data: DataConfig) -> str:
     settings = {"version": INDEX_VERSION, "files": fingerprint(path), "tokenizer": tokenizer_fingerprint(
         encoder.tokenizer), "instruction": data.instruction, "system": data.system, "max_length": data.max_length,
         "truncation": data.truncation, "train_on": data.train_on, "columns": data.columns,
-        "n_mels": spec.n_mels, "stack": spec.audio_stack, "image": spec.image is not None,
+        "n_mels": spec.n_mels, "stack": spec.audio_stack, "audio_window": spec.audio_window,
+        "max_audio_seconds": data.max_audio_seconds, "image": spec.image is not None,
         "image_tokens": spec.image_tokens, "speeds": encoder.speeds}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

@@ -3,7 +3,8 @@
 Parts are composed in the constructor (see `mmtune.model.build` for building them from a
 config). The forward pass takes a collated batch (`mmtune.data.example` lists its keys):
 
-    audio_features (A, n_mels, F) -> AudioEncoder -> (A, T_enc, C_a) -> projector -> (A, T_tok, D)
+    audio_features (A, n_mels, F) -> windows of <= audio_window frames (A', n_mels, W) -> AudioEncoder
+                                  -> (A', T_enc, C_a) -> projector -> (A', T_tok, D) -> each clip's windows joined
     pixel_values   (I, 3, H, W)   -> VisionTower  -> (I, N, C_v)     -> projector -> (I, N, D)
     input_ids      (B, T)         -> embeddings (B, T, D); rows at placeholder ids are replaced,
                                      in order, by the projected media tokens
@@ -17,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmtune.audio.features import MAX_FRAMES
 from mmtune.errors import DataError
 from mmtune.model.loss import CHUNK_ELEMENTS, chunked_loss, head_is_plain, supervised_targets
-from mmtune.model.placeholders import num_audio_tokens
+from mmtune.model.placeholders import audio_windows, num_audio_tokens
 
 
 @dataclass
@@ -33,7 +35,7 @@ class MultimodalOutput:
 class MultimodalLM(nn.Module):
     def __init__(self, llm: nn.Module, token_ids: dict[str, int], audio_encoder: nn.Module | None = None,
                  audio_projector: nn.Module | None = None, vision_tower: nn.Module | None = None,
-                 vision_projector: nn.Module | None = None, audio_stack: int = 1,
+                 vision_projector: nn.Module | None = None, audio_stack: int = 1, audio_window: int = MAX_FRAMES,
                  loss_chunk_elements: int = CHUNK_ELEMENTS):
         super().__init__()
         self.llm = llm
@@ -42,6 +44,7 @@ class MultimodalLM(nn.Module):
         self.vision_tower = vision_tower
         self.vision_projector = vision_projector
         self.audio_stack = audio_stack
+        self.audio_window = audio_window  # mel frames per encoder window: longer clips are cut into windows
         self.token_ids = dict(token_ids)  # {"audio": id, "image": id}
         self.attn_kwargs_for_packing = False  # set by build: hand cu_seqlens to varlen kernels
         self.whole_parts = {"audio_projector", "vision_projector"}  # saved whole in checkpoints (set by build)
@@ -61,13 +64,19 @@ class MultimodalLM(nn.Module):
     # ---- media -> embeddings -------------------------------------------------------------------
 
     def audio_tokens(self, features: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
-        """(A, n_mels, F), (A,) -> one (n_tokens_i, D) tensor per clip."""
-        hidden, enc_lengths = self.audio_encoder(features, lengths)  # (A, T, C)
+        """(A, n_mels, F), (A,) -> one (n_tokens_i, D) tensor per clip: its windows' tokens, in order."""
+        windows, window_lengths, per_clip = split_windows(features, lengths, self.audio_window)  # (A', n_mels, W)
+        hidden, enc_lengths = self.audio_encoder(windows, window_lengths)  # (A', T, C)
         keep = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < enc_lengths[:, None]
         hidden = hidden * keep.unsqueeze(-1).to(hidden.dtype)  # padding frames never leak into a stacked token
-        tokens = self.audio_projector(hidden)  # (A, T, C) -> (A, T_tok, D)
-        counts = [num_audio_tokens(int(n), self.audio_stack) for n in lengths]
-        return [tokens[i, :n] for i, n in enumerate(counts)]
+        tokens = self.audio_projector(hidden)  # (A', T, C) -> (A', T_tok, D)
+        counts = [num_audio_tokens(int(n), self.audio_stack) for n in window_lengths]
+        pieces = [tokens[i, :n] for i, n in enumerate(counts)]  # one (n_tokens, D) per window
+        clips, start = [], 0
+        for k in per_clip:
+            clips.append(torch.cat(pieces[start : start + k]) if k > 1 else pieces[start])
+            start += k
+        return clips
 
     def image_tokens(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """(I, 3, H, W) -> one (N, D) tensor per image."""
@@ -159,6 +168,23 @@ class MultimodalLM(nn.Module):
         media = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith(("audio_", "pixel_", "image_"))}
         embeds = self.embed(input_ids, sources, **media)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+
+
+def split_windows(features: torch.Tensor, lengths: torch.Tensor, window: int):
+    """Clips (A, n_mels, F) with lengths (A,) -> their windows of at most `window` frames
+    (A', n_mels, min(F, window)), each window's frames (A',), and how many windows each clip has [A].
+    A batch of clips no longer than a window comes back as it is."""
+    if features.shape[-1] <= window:
+        return features, lengths, [1] * len(lengths)
+    frames = [audio_windows(int(n), window) for n in lengths.tolist()]  # per clip, per window
+    width = max(max(f) for f in frames)
+    out = features.new_zeros(sum(len(f) for f in frames), features.shape[1], width)  # (A', n_mels, W)
+    k = 0
+    for clip, windows in enumerate(frames):
+        for j, n in enumerate(windows):
+            out[k, :, :n] = features[clip, :, j * window : j * window + n]
+            k += 1
+    return out, torch.tensor([n for f in frames for n in f], dtype=lengths.dtype), [len(f) for f in frames]
 
 
 def _segment_index(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:

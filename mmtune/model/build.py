@@ -16,10 +16,12 @@ from transformers import (AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CL
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from mmtune.audio.encoder import AudioEncoder
+from mmtune.audio.features import MAX_FRAMES
 from mmtune.config import ModelConfig, TowerConfig
 from mmtune.errors import CheckpointError, MmtuneError
 from mmtune.model.attention import resolve_backend, transformers_name, uses_packing_kwargs
 from mmtune.model.bridge import MultimodalLM
+from mmtune.model.placeholders import window_frames
 from mmtune.model.plan import apply_plan, describe_parameters, freeze
 from mmtune.model.projector import build_projector
 from mmtune.model.tokenizer import load_tokenizer, placeholder_ids
@@ -55,14 +57,16 @@ def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str
     torch.manual_seed(cfg.init_seed)
     llm = build_llm(cfg, len(tokenizer), attn, dtype)
     audio = vision = audio_proj = vision_proj = None
+    audio_window = MAX_FRAMES
     if cfg.audio is not None:
         audio = AudioEncoder(build_whisper_encoder(cfg.audio, dtype, encoder_attention(backend)))
+        audio_window = window_frames(cfg.audio.window_seconds, audio.encoder.config.max_source_positions)
         audio_proj = build_projector(cfg.audio.projector, audio.hidden_size, llm.config.hidden_size).to(dtype)
     if cfg.vision is not None:
         vision = VisionTower(build_vision_model(cfg.vision, dtype, attn), cfg.vision.feature_layer)
         vision_proj = build_projector(cfg.vision.projector, vision.hidden_size, llm.config.hidden_size).to(dtype)
     model = MultimodalLM(llm, placeholder_ids(tokenizer), audio, audio_proj, vision, vision_proj,
-                         audio_stack=cfg.audio.projector.stack if cfg.audio else 1)
+                         audio_stack=cfg.audio.projector.stack if cfg.audio else 1, audio_window=audio_window)
     model.whole_parts = config_built_parts(cfg)
     if init_from is not None:
         model.whole_parts |= load_previous_stage(model, init_from)

@@ -6,6 +6,11 @@ looks at padding or across samples; it takes fp16/bf16 and head sizes that are m
 On the CPU (tests, no FlashAttention), and on CUDA otherwise, each segment runs through SDPA on
 its own, which is the same computation.
 Without `cu_seqlens` (padded batches, generation) the call is SDPA with the mask transformers built.
+
+No (T, T) mask is built for a packed row: transformers would make one from the restarting
+position ids (1 GB of booleans at 32k tokens, 4 GB as floats), which this kernel never reads.
+`varlen_mask` returns None for a single row without padding: a packed row always comes with
+`cu_seqlens` (`MultimodalLM.forward`), and one plain row is causal, which SDPA does without a mask.
 """
 
 import functools
@@ -96,8 +101,17 @@ def _segmentwise_sdpa(q, k, v, cu_seqlens, scaling, causal, dropout=0.0):
     return torch.cat(outs)
 
 
+def varlen_mask(batch_size: int, q_length: int, kv_length: int, attention_mask=None, **kwargs):
+    """The mask transformers hands the kernel: none for one row without padding (see the module
+    docstring), else SDPA's (padded batches, generation)."""
+    if batch_size == 1 and attention_mask is None:
+        return None
+    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, attention_mask=attention_mask,
+                     **kwargs)
+
+
 def register_varlen_attention() -> str:
     """Register the kernel (idempotent) and return the name to pass as `attn_implementation`."""
     AttentionInterface.register(NAME, varlen_attention_forward)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    AttentionMaskInterface.register(NAME, varlen_mask)
     return NAME

@@ -291,10 +291,11 @@ BAD = {
     "audio shorter than one frame": Bad(
         lambda f: _wav_then(f, "tiny.wav", lambda p: write_wav(p, 100 / SAMPLE_RATE)),
         lambda f: re.escape(f"audio file {f / 'tiny.wav'} is shorter than one 10 ms frame")),
-    "audio longer than 30 s": Bad(
+    "audio longer than data.max_audio_seconds": Bad(
         lambda f: _wav_then(f, "long31.wav", lambda p: write_wav(p, 31.0)),
-        lambda f: re.escape(f"audio file {f / 'long31.wav'} is 31.0 s long; the encoder takes at most 30 s: "
-                            "split it into shorter clips")),
+        lambda f: re.escape(f"audio file {f / 'long31.wav'} is 31.0 s long, over data.max_audio_seconds=20: "
+                            "raise it (the clip is encoded in 30 s windows) or split the file"),
+        dict(max_audio_seconds=20.0)),
     "NaN audio": Bad(
         lambda f: _wav_then(f, "nan.wav", _with_value(np.nan)),
         lambda f: re.escape(f"audio file {f / 'nan.wav'} contains NaN or Inf samples (re-export the file or drop "

@@ -316,3 +316,26 @@ def test_cuda_packed_model_logits_within_bf16_tolerance_of_padded(tokenizer_dir)
     got = torch.cat([out[0, bounds[b] : bounds[b + 1]] for b in range(len(examples))]).float()
     want = torch.cat([ref[b, : len(e)] for b, e in enumerate(examples)]).float()
     assert float((got - want).norm() / want.norm()) < 1e-2
+
+
+def test_packed_row_builds_no_square_mask_and_padded_batches_keep_theirs(tokenizer_dir, monkeypatch):
+    """A (T, T) mask of a 32k packed row is 1 GB; the varlen kernel never reads it, so none is built."""
+    cfg = tiny_model_config(tokenizer_dir)
+    cfg.attn_implementation = "varlen"
+    model, tokenizer = build_model(cfg)
+    masks = {}  # query length -> masks the kernel was handed
+    real = varlen.varlen_attention_forward
+    monkeypatch.setattr(varlen, "varlen_attention_forward", lambda m, q, k, v, mask, **kw: masks.setdefault(
+        q.shape[2], []).append(mask) or real(m, q, k, v, mask, **kw))
+    register_varlen_attention()  # the interface now calls the spy
+    examples = _examples(model)
+    packed, padded = collate_packed(examples), collate_padded(examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        model.eval()(**packed)
+        model(**padded)
+    n_layers = len(model.llm.model.layers)
+    assert masks[packed["input_ids"].shape[1]] == [None] * n_layers  # the LLM's layers on the packed row
+    padded_masks = masks[padded["input_ids"].shape[1]]
+    assert len(padded_masks) == n_layers and all(m is not None and m.dim() == 4 for m in padded_masks)
+    monkeypatch.undo()
+    register_varlen_attention()
