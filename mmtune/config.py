@@ -59,12 +59,15 @@ class TowerConfig:
     train: str = "frozen"  # frozen | lora | full
     feature_layer: int = -2  # vision: hidden state fed to the projector (LLaVA: second to last)
     window_seconds: float = 30.0  # audio: longer clips are encoded in windows of at most this many seconds
+    max_tiles: int = 1  # vision: > 1 cuts large images into up to this many tower-sized tiles + an overview
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
 
     def __post_init__(self):
         if (self.path is None) == (self.config is None):
             raise ConfigError("give exactly one of `path` (checkpoint or hub id) or `config`")
         _check_choice("train", self.train, TRAIN_PLANS)
+        if not isinstance(self.max_tiles, int) or self.max_tiles < 1:
+            raise ConfigError(f"max_tiles: {self.max_tiles!r}: give a whole number >= 1 (1: one square per image)")
         if not 0.01 <= float(self.window_seconds):
             raise ConfigError(f"window_seconds: {self.window_seconds!r}: give a window of at least 0.01 s "
                               f"(one mel frame), at most the encoder's 30 s")

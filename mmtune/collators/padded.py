@@ -32,8 +32,9 @@ def collate_media(examples: list[Example]) -> dict:
 
     Clips (n_mels, F_k) are zero-padded to the longest F:
         audio_features (A, n_mels, F), audio_lengths (A,), audio_owner (A,)
-    Images (3, H, W) must share one size:
-        pixel_values (I, 3, H, W), image_owner (I,)
+    Images (V, 3, H, W) (V views: 1, or tiles + overview; a (3, H, W) image is one view) must share
+    one H, W; every view is one tower input:
+        pixel_values (sum V, 3, H, W), image_owner (sum V,)
     Keys are absent when the batch has no clip / no image.
 
         collate_media([Example(ids, labels, audio=[torch.ones(80, 3)]),
@@ -60,14 +61,14 @@ def _collate_audio(examples: list[Example]) -> dict:
 
 
 def _collate_images(examples: list[Example]) -> dict:
-    images = [(i, image) for i, e in enumerate(examples) for image in e.images]
+    images = [(i, image.reshape(-1, *image.shape[-3:])) for i, e in enumerate(examples) for image in e.images]
     if not images:
         return {}
-    if len({tuple(image.shape) for _, image in images}) != 1:
+    if len({tuple(image.shape[1:]) for _, image in images}) != 1:
         shapes = [f"{examples[i].source}: {tuple(image.shape)}" for i, image in images]
         raise ValueError(f"images of one batch must share one (3, H, W) size; preprocess resizes them, got {shapes}")
-    pixel_values = torch.stack([image for _, image in images])  # (I, 3, H, W)
-    owner = torch.tensor([i for i, _ in images], dtype=torch.long)  # (I,)
+    pixel_values = torch.cat([image for _, image in images])  # (sum V, 3, H, W)
+    owner = torch.tensor([i for i, image in images for _ in range(image.shape[0])], dtype=torch.long)  # (sum V,)
     return {"pixel_values": pixel_values, "image_owner": owner}
 
 

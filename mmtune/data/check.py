@@ -16,7 +16,7 @@ from mmtune.console import progress_bar
 from mmtune.data.encode import SampleEncoder, named, one_thread
 from mmtune.data.index import CHUNK_ROWS, load_index, map_chunks
 from mmtune.data.sources import cache_folder, open_source, read_sample
-from mmtune.errors import DataError
+from mmtune.errors import DataError, MediaError
 from mmtune.vision.io import load_image
 
 
@@ -65,7 +65,8 @@ def _decode_all(source, rows: list[int], data: DataConfig, report: CheckReport, 
     """Decode every clip and image of `rows` in data.num_workers processes; collect sizes and errors."""
     chunks = [rows[a: a + CHUNK_ROWS] for a in range(0, len(rows), CHUNK_ROWS)]
     bar = progress_bar(total=len(rows), desc=f"checking {source.path}", unit="row", disable=not progress, leave=False)
-    for part in map_chunks(_decode_chunk, (source, data.instruction, data.system), chunks, data.num_workers, bar):
+    job = (source, data.instruction, data.system, data.max_audio_seconds)
+    for part in map_chunks(_decode_chunk, job, chunks, data.num_workers, bar):
         _merge(report, part)
 
 
@@ -81,14 +82,14 @@ def _merge(report: CheckReport, part) -> None:
 
 def _decode_chunk(job, rows: list[int]):
     """-> (clip seconds, image sizes, DataErrors, rows done) for one chunk of rows."""
-    source, instruction, system = job
+    source, instruction, system, max_seconds = job
     seconds, sizes, errors = [], [], []
     with one_thread():
         for r in rows:
             try:
                 sample = read_sample(source, r, instruction, system)
                 with named(sample.source):
-                    row_seconds, row_sizes = _media_sizes(sample)
+                    row_seconds, row_sizes = _media_sizes(sample, max_seconds)
             except DataError as e:
                 errors.append(e)
                 continue
@@ -97,11 +98,14 @@ def _decode_chunk(job, rows: list[int]):
     return seconds, sizes, errors, len(rows)
 
 
-def _media_sizes(sample) -> tuple[list[float], list[tuple[int, int]]]:
+def _media_sizes(sample, max_seconds: float) -> tuple[list[float], list[tuple[int, int]]]:
     seconds, sizes = [], []
     for part in (p for m in sample.messages for p in m["content"]):
         if part["type"] == "audio":
             seconds.append(len(load_audio(part["path"], SAMPLE_RATE, part.get("bytes"))) / SAMPLE_RATE)
+            if seconds[-1] > max_seconds:
+                raise MediaError(f"audio file {part['path']} is {seconds[-1]:.1f} s long, over "
+                                 f"data.max_audio_seconds={max_seconds:g}: raise it or split the file")
         elif part["type"] == "image":
             sizes.append(load_image(part["path"], data=part.get("bytes")).size)
     return seconds, sizes

@@ -29,8 +29,9 @@ from mmtune.data.example import IGNORE_INDEX, Example
 from mmtune.data.formats import Sample
 from mmtune.errors import DataError, MediaError
 from mmtune.model.placeholders import PLACEHOLDERS, num_audio_tokens, num_image_tokens, window_frames
-from mmtune.vision.io import load_image
-from mmtune.vision.preprocess import ImageSpec, preprocess_image
+from mmtune.vision.io import image_size, load_image
+from mmtune.vision.preprocess import ImageSpec
+from mmtune.vision.tiles import image_views, num_views
 
 
 @dataclass
@@ -41,8 +42,9 @@ class MediaSpec:
     audio_stack: int = 1
     audio_window: int = MAX_FRAMES  # mel frames per encoder window (clips longer than this are cut)
     image: ImageSpec | None = None  # None: the model has no vision tower
-    image_tokens: int = 0
+    image_tokens: int = 0  # per view (the whole image, or one tile or the overview)
     image_resize: str = "crop"
+    max_tiles: int = 1  # > 1: large images become tiles + an overview (mmtune.vision.tiles)
 
     @classmethod
     def from_config(cls, model: ModelConfig, data: DataConfig) -> "MediaSpec":
@@ -58,6 +60,7 @@ class MediaSpec:
             size = int(vision["image_size"])
             spec.image = ImageSpec.from_pretrained(model.vision.path, default(size)) if model.vision.path else default(size)
             spec.image_tokens = num_image_tokens(size, int(vision["patch_size"]))
+            spec.max_tiles = model.vision.max_tiles
         return spec
 
 
@@ -103,7 +106,7 @@ class SampleEncoder:
         with named(sample.source):
             audio = [self.audio_features(p, rng) for p in _parts(sample.messages, "audio")]
             images = [self.image_pixels(p) for p in _parts(sample.messages, "image")]
-            counts = self._counts([a.shape[-1] for a in audio], len(images))
+            counts = self._counts([a.shape[-1] for a in audio], [im.shape[0] for im in images])
             ids, labels, runs, _ = self._render(sample, counts)
         if self.train and self.data.augment.spec_augment:
             audio = self._mask(audio, rng)
@@ -113,11 +116,9 @@ class SampleEncoder:
         """The sizes `__call__` gives, from file headers and the tokenizer alone (no media decoded)."""
         with named(sample.source):
             clips = [self._clip_samples(p) for p in _parts(sample.messages, "audio")]
-            images = _parts(sample.messages, "image")
-            for part in images:
-                self._check_image_ref(part)
+            views = [self._image_views(part) for part in _parts(sample.messages, "image")]
             frames = [max(_frames(n, f) for f in self.usable_speeds(n)) for n in clips]
-            counts = self._counts(frames, len(images))
+            counts = self._counts(frames, views)
             ids, labels, runs, truncated = self._render(sample, counts)
         return Measure(len(ids), int((labels != IGNORE_INDEX).sum()), sum(clips) / SAMPLE_RATE, runs["audio"],
                        runs["image"], truncated)
@@ -128,14 +129,14 @@ class SampleEncoder:
         with named(sample.source):
             audio = [self.audio_features(p) for p in _parts(messages, "audio")]
             images = [self.image_pixels(p) for p in _parts(messages, "image")]
-            counts = self._counts([a.shape[-1] for a in audio], len(images))
+            counts = self._counts([a.shape[-1] for a in audio], [im.shape[0] for im in images])
             ids = render_prompt(self.tokenizer, messages, counts)
         return Example(ids, torch.full_like(ids, IGNORE_INDEX), audio, images, sample.source)
 
-    def _counts(self, audio_frames: list[int], images: int) -> dict[str, list[int]]:
-        """Placeholder tokens of each clip (from its mel frames) and each image."""
+    def _counts(self, audio_frames: list[int], image_views: list[int]) -> dict[str, list[int]]:
+        """Placeholder tokens of each clip (from its mel frames) and each image (from its views)."""
         return {"audio": [num_audio_tokens(t, self.spec.audio_stack, self.spec.audio_window) for t in audio_frames],
-                "image": [self.spec.image_tokens] * images}
+                "image": [self.spec.image_tokens * v for v in image_views]}
 
     def _render(self, sample: Sample, counts: dict):
         """-> input_ids (T,), labels (T,), media kept {"audio": k, "image": m}, whether the text was cut."""
@@ -207,11 +208,16 @@ class SampleEncoder:
                              f"data.max_audio_seconds={self.data.max_audio_seconds:g}: raise it (the clip is "
                              f"encoded in {self.spec.audio_window / FRAMES_PER_SECOND:g} s windows) or split the file")
 
-    def _check_image_ref(self, part: dict) -> None:
+    def _image_views(self, part: dict) -> int:
+        """Tower inputs the image becomes, from its header (read only when tiles are on)."""
         if self.spec.image is None:
             raise DataError("", "the sample has an image but the model has no vision tower: add model.vision")
-        if part.get("bytes") is None and not os.path.isfile(part["path"]):
-            raise MediaError(f"image file not found: {part['path']}")
+        if self.spec.max_tiles == 1:
+            if part.get("bytes") is None and not os.path.isfile(part["path"]):
+                raise MediaError(f"image file not found: {part['path']}")
+            return 1
+        width, height = image_size(part["path"], part.get("bytes"))
+        return num_views(width, height, self.spec.max_tiles, self.spec.image.size)
 
     def _mask(self, audio: list[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
         """SpecAugment on each clip, from a torch generator seeded by this draw's rng."""
@@ -223,7 +229,7 @@ class SampleEncoder:
         if self.spec.image is None:
             raise DataError("", "the sample has an image but the model has no vision tower: add model.vision")
         image = load_image(part["path"], data=part.get("bytes"))
-        return preprocess_image(image, self.spec.image, self.spec.image_resize)  # (3, S, S)
+        return image_views(image, self.spec.image, self.spec.image_resize, self.spec.max_tiles)  # (V, 3, S, S)
 
 
 def _parts(messages: list[dict], kind: str) -> list[dict]:

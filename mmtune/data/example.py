@@ -16,8 +16,9 @@ Batch keys (tensors unless said otherwise):
                                       with zeros to the longest clip F (mel frames)
     audio_lengths    (A,) long        real mel frames of each clip
     audio_owner      (A,) long        index of the sample (in the batch) each clip belongs to
-    pixel_values     (I, 3, H, W)     every image of the batch, in order of appearance
-    image_owner      (I,) long        index of the sample each image belongs to
+    pixel_values     (I, 3, H, W)     every view (an image, or its overview and tiles) of the batch,
+                                      in order of appearance
+    image_owner      (I,) long        index of the sample each view belongs to
     sources          list[str]        "manifest.jsonl:LINE" of each sample, for error messages
 Audio/image keys are absent when the batch has no clip/image. `to_device` moves a batch for the
 model, leaving on the CPU the index tensors (HOST_KEYS) the model reads as Python ints.
@@ -41,7 +42,7 @@ class Example:
     input_ids: torch.Tensor  # (T,) long, placeholders already expanded to their token counts
     labels: torch.Tensor  # (T,) long, IGNORE_INDEX where not supervised
     audio: list[torch.Tensor] = field(default_factory=list)  # each (n_mels, n_frames) log-mel
-    images: list[torch.Tensor] = field(default_factory=list)  # each (3, H, W), normalized
+    images: list[torch.Tensor] = field(default_factory=list)  # each (V, 3, H, W) views, normalized
     source: str = ""  # "manifest.jsonl:LINE"
 
     def __len__(self) -> int:

@@ -12,6 +12,7 @@ from PIL import Image, ImageOps
 from mmtune.errors import MediaError
 
 MAX_PIXELS = 64_000_000  # pixels; larger images are refused (decompression bombs)
+EXIF_ORIENTATION = 0x0112  # EXIF tag: 1 upright; 5 .. 8 a quarter turn (width and height swap)
 
 # Grayscale modes wider than 8 bits, and the value in each that becomes white (255).
 # "I" (32-bit int) is read on the 16-bit scale: 16-bit PNG/TIFF grayscale is what produces it.
@@ -32,6 +33,23 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, data: byte
     if data is None and not os.path.isfile(path):
         raise MediaError(f"image file not found: {path}")
     return _to_rgb(_decode(path, max_pixels, data), path)
+
+
+def image_size(path: str | os.PathLike, data: bytes | None = None, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(W, H) as displayed, from the file's header and EXIF orientation alone (no pixel decoded);
+    raises MediaError as `load_image` does for a missing or unreadable file or too many pixels."""
+    if data is None and not os.path.isfile(path):
+        raise MediaError(f"image file not found: {path}")
+    try:
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
+            _check_pixels(img.size, path, max_pixels)
+            width, height = img.size
+            turned = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn swaps the sides
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MediaError(f"image {path} is over Pillow's decompression-bomb limit ({e}); resize it") from e
+    except _DECODE_ERRORS as e:
+        raise MediaError(f"cannot decode image {path}: {e} (is the file truncated?)") from e
+    return (height, width) if turned else (width, height)
 
 
 def _decode(path, max_pixels: int, data: bytes | None = None) -> Image.Image:

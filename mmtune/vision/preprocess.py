@@ -99,7 +99,7 @@ def preprocess_image(img: Image.Image, spec: ImageSpec, resize: str = "crop") ->
     else:
         fill = tuple(int(m * 255) for m in spec.mean)  # LLaVA's background colour, 0..255
         square = _pad_to_square(img, fill).resize((spec.size, spec.size), resample)
-    return _normalize(square, spec)
+    return normalize(square, spec)
 
 
 def _resize_and_crop(img: Image.Image, size: int, resample) -> Image.Image:
@@ -123,7 +123,7 @@ def _pad_to_square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
     return square
 
 
-def _normalize(img: Image.Image, spec: ImageSpec) -> torch.Tensor:
+def normalize(img: Image.Image, spec: ImageSpec) -> torch.Tensor:
     """(S, S) RGB uint8 image -> (3, S, S) float32 tensor of (x / 255 - mean) / std."""
     pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)  # (S, S, 3) in [0, 1]
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)

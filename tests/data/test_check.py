@@ -131,3 +131,13 @@ def test_bad_arguments_exit_with_usage(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
+
+
+def test_clips_over_max_audio_seconds_are_bad_rows_also_without_a_model(tmp_path):
+    from mmtune.data.check import check_data
+
+    path = manifest(tmp_path, with_bad=False)  # clips of 0.30 s (row 1) and 0.55 s (row 3 of the file)
+    report = check_data(str(path), data=DataConfig(max_audio_seconds=0.5, num_workers=0), progress=False)
+    assert [(e.source, e.reason) for e in report.bad] == [
+        (f"{path}:3", f"audio file {tmp_path / 'long.wav'} is 0.6 s long, over data.max_audio_seconds=0.5: "
+                      "raise it or split the file")]

@@ -183,7 +183,7 @@ def test_placeholders_expand_to_the_encoder_token_counts(tmp_path, tokenizer, sp
     assert runs(audio_row.input_ids, image_id) == [] and audio_row.images == []
 
     assert [n for _, n in runs(image_row.input_ids, image_id)] == [IMAGE_TOKENS, IMAGE_TOKENS]
-    assert [tuple(i.shape) for i in image_row.images] == [(3, 32, 32)] * 2
+    assert [tuple(i.shape) for i in image_row.images] == [(1, 3, 32, 32)] * 2  # one view each (max_tiles 1)
     for example in (audio_row, image_row):
         placeholder = (example.input_ids == audio_id) | (example.input_ids == image_id)
         assert (example.labels[placeholder] == IGNORE_INDEX).all()  # media is never a target
