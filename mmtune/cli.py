@@ -196,7 +196,7 @@ def _add_generate(sub) -> None:
 
 
 def _add_sampling(p) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer generated, in tokens (>= 1)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="longest answer generated, in tokens (>= 1)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0, help="with --sample: < 1 sharper, > 1 more varied")
     p.add_argument("--top-p", type=float, default=1.0, help="with --sample: nucleus sampling's probability mass")
@@ -224,8 +224,10 @@ def _add_transcribe(sub) -> None:
     p = _command(
         sub, "transcribe", "transcribe audio files with a speech checkpoint (batched, greedy)",
         "Prints one line per file: PATH<TAB>TEXT. Files are read with soundfile (WAV, FLAC, OGG/Opus, MP3)\n"
-        "and resampled to 16 kHz; a clip may be at most 30 s. The model hears what it was trained on: the\n"
-        "offline speech example's checkpoints know the ten digit words only: the main job's\n"
+        "and resampled to 16 kHz. A recording may be as long as the run's data.max_audio_seconds (600 s by\n"
+        "default); past 30 s it is encoded in 30 s windows, and the transcript may take 4 tokens a second (see\n"
+        "--max-new-tokens). The model hears what it was trained on: the offline speech example's checkpoints know the\n"
+        "ten digit words only: the main job's\n"
         "(runs/speech_digits/final) synthetic voices only, the one after examples/speech_digits/voices.yaml\n"
         "(runs/speech_digits_voices/final) real people too, about 6 words in 10 of a voice it never heard.",
         "  mmtune transcribe --checkpoint runs/speech_digits/final clip1.wav clip2.flac\n"
@@ -236,12 +238,15 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--instruction", default=None, help="the prompt (default: the instruction the checkpoint was "
                                                        "trained with)")
     p.add_argument("--batch-size", type=int, default=16, help="clips transcribed together")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                   help="longest transcript, in tokens (default: 32, or 4 a second of the longest clip)")
     p.set_defaults(run=_run_transcribe)
 
 
 def _run_transcribe(args) -> int:
     predictor = _predictor(args.checkpoint, args.instruction)
-    texts = predictor.transcribe(args.files, batch_size=args.batch_size, progress=len(args.files) > 16)
+    texts = predictor.transcribe(args.files, batch_size=args.batch_size, progress=len(args.files) > 16,
+                                 max_new_tokens=args.max_new_tokens)
     for path, text in zip(args.files, texts):
         print(f"{path}\t{text}")
     return 0
@@ -470,6 +475,16 @@ def _add_bench(sub) -> None:
         if name == "features":
             b.add_argument("--mels", type=int, default=80, choices=(80, 128), help="80 (Whisper) or 128 (large-v3)")
         b.set_defaults(run=_run_bench, bench=name)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give at least 1")
+    return value
 
 
 def _clip_seconds(text: str) -> float:

@@ -19,7 +19,6 @@ steps the share of step time spent waiting for data, and samples/s of the pipeli
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +32,7 @@ MODES = ("cold", "warm", "eager")
 def run(sizes=(2000, 20000, 200000), steps: int = 40, workers: int = 2, eager_max: int = 20000,
         folder: str | None = None) -> dict:
     """One fresh process per (size, mode); returns {"runs": [...], "machine": ..., "targets": ...}."""
-    from mmtune.bench.report import machine
+    from mmtune.bench.report import machine, run_child
 
     if not (EXAMPLE / "data" / "train.jsonl").is_file():
         raise FileNotFoundError(f"{EXAMPLE / 'data'} is missing: the bench reads the speech example's clips")
@@ -44,7 +43,8 @@ def run(sizes=(2000, 20000, 200000), steps: int = 40, workers: int = 2, eager_ma
             for mode in MODES:
                 if mode == "eager" and size > eager_max:
                     continue
-                runs.append(_child({"manifest": str(manifest), "mode": mode, "steps": steps, "workers": workers}))
+                runs.append(run_child("mmtune.bench.data", {"manifest": str(manifest), "mode": mode, "steps": steps,
+                                                            "workers": workers}))
                 print(json.dumps(runs[-1]), file=sys.stderr)
     return {"runs": runs, "machine": machine(), "steps": steps, "workers": workers, "targets": targets(runs)}
 
@@ -84,26 +84,7 @@ def targets(runs: list[dict]) -> dict:
     return out
 
 
-def _child(args: dict) -> dict:
-    cmd = [sys.executable, "-m", "mmtune.bench.data", json.dumps(args)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"bench child {args} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 # ----------------------------------------------------------------------------- in the child process
-
-
-def _rss_kb(pid: int, key: str = "VmRSS") -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def _pss_kb(pid: int) -> int:
@@ -144,6 +125,7 @@ class _Sampler(threading.Thread):
 def child(args: dict) -> dict:
     import torch
 
+    from mmtune.bench.report import status_kb
     from mmtune.collators import collate_padded
     from mmtune.config import load_config
     from mmtune.data.dataset import MultimodalDataset
@@ -199,7 +181,7 @@ def child(args: dict) -> dict:
     sampler.join()
     return {"rows": len(dataset), "mode": args["mode"], "first_step_s": round(first_step, 2),
             "index_s": round(index_seconds, 2), "index_cached": dataset.index.cached,
-            "main_peak_rss_mb": round(_rss_kb(os.getpid(), "VmHWM") / 1024, 1),
+            "main_peak_rss_mb": round(status_kb(os.getpid(), "VmHWM") / 1024, 1),
             "workers_peak_pss_mb": round(workers_peak_kb / 1024, 1),
             "data_wait_fraction": round(wait / max(wait + compute, 1e-9), 4),
             "step_s": round(compute / args["steps"], 4), "pipeline_samples_per_s": round(pipeline, 1),

@@ -18,11 +18,12 @@ the measured lengths (they are linear in length). On CUDA the figures are max_me
 """
 
 import json
-import subprocess
 import sys
 import time
 
 import torch
+
+from mmtune.bench.report import run_child, status_kb
 
 VOCAB = 151_936  # Qwen2.5's vocabulary (the 0.5b preset's LLM)
 SAMPLE_TOKENS = 1024  # tokens per packed sample
@@ -39,8 +40,8 @@ def run(lengths=(1024, 2048, 4096, 8192, 16384, 32768), device: str = "cpu", thr
             if mode == "full" and need > 0.8 * _available_bytes(device):
                 row[mode] = {"skipped": f"needs ~{need / 2**30:.1f} GiB for logits, their log-softmax and gradient"}
                 continue
-            row[mode] = _child(dict(length=length, mode=mode, device=device, threads=threads, hidden=hidden,
-                                    vocab=vocab))
+            row[mode] = run_child("mmtune.bench.long", dict(length=length, mode=mode, device=device,
+                                                            threads=threads, hidden=hidden, vocab=vocab))
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     return {"bench": "long", "device": _device_name(device), "vocab": vocab, "hidden": hidden,
@@ -96,14 +97,6 @@ def _device_name(device: str) -> str:
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name()
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def _child(args: dict) -> dict:
-    cmd = [sys.executable, "-m", "mmtune.bench.long", json.dumps(args)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"bench child {args} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- in the child process
@@ -174,14 +167,6 @@ def _loss_alone(model, hidden: torch.Tensor, labels: torch.Tensor, mode: str) ->
     loss.backward()
 
 
-def _kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def _peak(fn, device: str) -> tuple[float, float]:
     """(seconds, peak bytes above the memory in use before) of one call of fn."""
     cuda = torch.device(device).type == "cuda"
@@ -190,7 +175,7 @@ def _peak(fn, device: str) -> tuple[float, float]:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        base = _kb("VmRSS") * 1024
+        base = status_kb("self", "VmRSS") * 1024
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current resident size
     start = time.perf_counter()
@@ -198,7 +183,7 @@ def _peak(fn, device: str) -> tuple[float, float]:
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if cuda else _kb("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else status_kb("self", "VmHWM") * 1024
     return seconds, peak - base
 
 

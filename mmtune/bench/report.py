@@ -4,11 +4,14 @@
     seconds, out = best_time(lambda: model(x), repeats=3, device="cpu")
     times = best_times({"padded": f, "varlen": g}, repeats=3, device="cpu")  # f, g in turn
     write_json(result, "bench.json")
+    result = run_child("mmtune.bench.long", {"length": 1024})  # `python -m MODULE ARGS` in a fresh process
 """
 
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -109,3 +112,23 @@ def write_json(result: dict, path: str | Path | None) -> str:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text + "\n")
     return text
+
+
+def run_child(module: str, args: dict) -> dict:
+    """Run `python -m module JSON_ARGS` in a fresh process; its last line of stdout is the JSON result."""
+    done = subprocess.run([sys.executable, "-m", module, json.dumps(args)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench child {module} {args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def status_kb(pid: int | str = "self", key: str = "VmRSS") -> int:
+    """A kB figure of /proc/PID/status (VmRSS, VmHWM, ...); 0 when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

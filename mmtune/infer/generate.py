@@ -18,10 +18,12 @@ tokenizer's eos or the chat template's end-of-turn token.
 """
 
 import contextlib
+import math
 import os
 
 import torch
 
+from mmtune.audio.features import FRAMES_PER_SECOND
 from mmtune.collators.padded import check_examples, collate_media
 from mmtune.config import DataConfig
 from mmtune.console import progress_bar
@@ -30,6 +32,8 @@ from mmtune.data.encode import MediaSpec, SampleEncoder
 from mmtune.data.example import Example, to_device
 from mmtune.data.formats import Sample
 from mmtune.model.checkpoint import load_checkpoint
+
+TOKENS_PER_SECOND = 4  # transcript room per second of audio: speech is 2-3 words, about 3 tokens, a second
 
 
 def collate_prompts(examples: list[Example], pad_token_id: int) -> dict:
@@ -187,8 +191,13 @@ class Predictor:
         return generate(self.model, self.tokenizer, [example], **gen)[0]
 
     def transcribe(self, paths: list[str], instruction: str | None = None, batch_size: int = 16,
-                   progress: bool = False, **gen) -> list[str]:
-        """Audio files -> transcripts, in order. instruction: the training prompt (default data.instruction)."""
+                   progress: bool = False, max_new_tokens: int | None = None, **gen) -> list[str]:
+        """Audio files -> transcripts, in order. instruction: the training prompt (default data.instruction);
+        max_new_tokens: default 32, or 4 a second of the longest clip (speech is about 3 tokens a second)."""
         text = self.data.instruction if instruction is None else instruction
         examples = [self.encoder.prompt(self.sample(text, [("audio", p)], source=str(p))) for p in paths]
-        return generate(self.model, self.tokenizer, examples, batch_size=batch_size, progress=progress, **gen)
+        if max_new_tokens is None:
+            longest = max(a.shape[-1] for e in examples for a in e.audio) / FRAMES_PER_SECOND  # seconds
+            max_new_tokens = max(32, math.ceil(TOKENS_PER_SECOND * longest))
+        return generate(self.model, self.tokenizer, examples, batch_size=batch_size, progress=progress,
+                        max_new_tokens=max_new_tokens, **gen)

@@ -119,3 +119,18 @@ def test_transcribe_takes_a_recording_longer_than_a_window(tmp_path, tokenizer_d
     assert int((prompt.input_ids == tokenizer.convert_tokens_to_ids("<|audio|>")).sum()) == num_audio_tokens(220, 2, 50)
     texts = predictor.transcribe([path, _wav(tmp_path / "short.wav", 0.3, 500)], max_new_tokens=4)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_transcribe_gives_long_recordings_room_for_their_words(tmp_path, tokenizer_dir, monkeypatch):
+    from mmtune.infer import generate as gen_module
+    from mmtune.infer.generate import Predictor
+
+    model, tokenizer, cfg = _model(tokenizer_dir, window_seconds=0.5)
+    predictor = Predictor(model, tokenizer, cfg, DataConfig(max_audio_seconds=60.0))
+    asked = []
+    monkeypatch.setattr(gen_module, "generate", lambda m, t, examples, **kw: asked.append(kw["max_new_tokens"])
+                        or [""] * len(examples))
+    predictor.transcribe([_wav(tmp_path / "short.wav", 0.3, 500)])
+    predictor.transcribe([_wav(tmp_path / "short.wav", 0.3, 500), _wav(tmp_path / "talk.wav", 20.2, 300)])
+    predictor.transcribe([str(tmp_path / "talk.wav")], max_new_tokens=5)
+    assert asked == [32, 81, 5]  # the default, 4 a second of the longest clip, the caller's
