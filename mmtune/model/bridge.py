@@ -5,7 +5,7 @@ config). The forward pass takes a collated batch (`mmtune.data.example` lists it
 
     audio_features (A, n_mels, F) -> windows of <= audio_window frames (A', n_mels, W) -> AudioEncoder
                                   -> (A', T_enc, C_a) -> projector -> (A', T_tok, D) -> each clip's windows joined
-    pixel_values   (I, 3, H, W)   -> VisionTower  -> (I, N, C_v)     -> projector -> (I, N, D)
+    pixel_values   (I, 3, H, W)   -> VisionTower  -> (I, N, C_v)     -> projector -> (I, N, D), I views
     input_ids      (B, T)         -> embeddings (B, T, D); rows at placeholder ids are replaced,
                                      in order, by the projected media tokens
     -> LLM (use_cache=False): without labels, logits (B, T, V); with labels, the summed cross
@@ -70,7 +70,7 @@ class MultimodalLM(nn.Module):
         keep = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < enc_lengths[:, None]
         hidden = hidden * keep.unsqueeze(-1).to(hidden.dtype)  # padding frames never leak into a stacked token
         tokens = self.audio_projector(hidden)  # (A', T, C) -> (A', T_tok, D)
-        counts = [num_audio_tokens(int(n), self.audio_stack) for n in window_lengths]
+        counts = [num_audio_tokens(int(n), self.audio_stack, self.audio_window) for n in window_lengths]
         pieces = [tokens[i, :n] for i, n in enumerate(counts)]  # one (n_tokens, D) per window
         clips, start = [], 0
         for k in per_clip:
@@ -79,7 +79,7 @@ class MultimodalLM(nn.Module):
         return clips
 
     def image_tokens(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """(I, 3, H, W) -> one (N, D) tensor per image."""
+        """(I, 3, H, W) -> one (N, D) tensor per view (an image, or one of its tiles or its overview)."""
         tokens = self.vision_projector(self.vision_tower(pixel_values))  # (I, N, C) -> (I, N, D)
         return list(tokens.unbind(0))
 
