@@ -5,14 +5,20 @@ A checkpoint folder holds
     model.safetensors    trained tensors (adapters, projectors, fully trained parts) and the whole
                          of every part built from a config (it has no base weights elsewhere)
     tokenizer/           the tokenizer with its placeholder tokens and chat template
+    checksums.json       SHA-256 of every .safetensors file, verified when it is read
 Loading rebuilds the model from the config, then loads the tensors; no pickle is ever read.
-Folders are written atomically: into a temporary sibling first, then renamed into place.
+Folders are written atomically: into a temporary sibling first, then renamed into place. Weights
+that are not finite (NaN, Inf) are never written: a checkpoint is always one to go back to.
 """
 
+import hashlib
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
+
+import torch
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -23,6 +29,7 @@ from mmtune.errors import CheckpointError
 CONFIG_FILE = "mmtune_config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
+CHECKSUMS_FILE = "checksums.json"
 FORMAT_VERSION = 1
 
 
@@ -39,22 +46,61 @@ def save_checkpoint(model, tokenizer, cfg: ModelConfig, folder: str | Path, extr
     """Write the checkpoint folder atomically; `extra_files` maps names to bytes/str (training state);
     `data` (the run's data settings: instruction, max_length) is kept for eval and inference."""
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = model.state_dict()
     tensors = {k: state[k].detach().to("cpu").contiguous().clone() for k in saved_keys(model)}
-    save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-    config = {"format": "mmtune", "version": FORMAT_VERSION, "model": to_dict(cfg),
-              "whole_parts": sorted(model.whole_parts)}
-    if data is not None:
-        config["data"] = to_dict(data)
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
-    for name, data in (extra_files or {}).items():
-        (tmp / name).write_bytes(data if isinstance(data, bytes) else data.encode())
-    _replace_dir(tmp, folder)
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteWeights(f"the weights are not finite (NaN or Inf in {len(bad)} tensors, e.g. {bad[0]}), "
+                               f"so {folder} was not written")
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        config = {"format": "mmtune", "version": FORMAT_VERSION, "model": to_dict(cfg),
+                  "whole_parts": sorted(model.whole_parts)}
+        if data is not None:
+            config["data"] = to_dict(data)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        # safetensors writes through a private temporary file (mode 0600): give it its siblings' mode
+        os.chmod(tmp / WEIGHTS_FILE, stat.S_IMODE(os.stat(tmp / CONFIG_FILE).st_mode))
+        tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        for name, contents in (extra_files or {}).items():
+            (tmp / name).write_bytes(contents if isinstance(contents, bytes) else contents.encode())
+        sums = {p.name: file_sha256(p) for p in sorted(tmp.glob("*.safetensors"))}
+        (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2))
+        _replace_dir(tmp, folder)
+    except OSError as e:  # disk full, quota, permissions: the partial folder goes, earlier checkpoints stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {folder}: {e.strerror or e}; the partial folder was "
+                              f"removed and earlier checkpoints are untouched") from None
     return folder
+
+
+class NonFiniteWeights(CheckpointError):
+    """The model's weights hold NaN or Inf: no checkpoint is written from them."""
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_checksums(folder: Path, names) -> None:
+    """Each named file of `folder` has the SHA-256 recorded beside it (checkpoints without
+    checksums.json, written by earlier versions, are not checked)."""
+    try:
+        sums = json.loads((folder / CHECKSUMS_FILE).read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder / CHECKSUMS_FILE} cannot be read ({e}): the checkpoint is damaged; use an "
+                              f"earlier checkpoint-N folder") from None
+    for name in names:
+        if name in sums and (folder / name).exists() and file_sha256(folder / name) != sums[name]:
+            raise CheckpointError(f"{folder / name} is damaged or was replaced: its SHA-256 differs from the one "
+                                  f"written with it ({CHECKSUMS_FILE}); use an earlier checkpoint-N folder, or copy "
+                                  f"the folder again")
 
 
 def _replace_dir(tmp: Path, folder: Path) -> None:
@@ -138,7 +184,10 @@ def load_weights(model, path: Path) -> None:
 
 
 def read_weights(path: str | Path) -> dict:
-    """All tensors of a safetensors file (never a pickle); a damaged file is a CheckpointError."""
+    """All tensors of a safetensors file (never a pickle); a damaged file (or one whose checksum differs
+    from the one its checkpoint recorded) is a CheckpointError."""
+    path = Path(path)
+    verify_checksums(path.parent, (path.name,))
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as e:

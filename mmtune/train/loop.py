@@ -12,9 +12,9 @@ checkpoint that pruning never removes; `train.early_stopping_patience` ends the 
 many evaluations without improvement; `final/` holds the best or the last weights (`train.final`).
 """
 
+import glob
 import logging
 import math
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,19 +30,20 @@ from mmtune.data.dataset import MultimodalDataset
 from mmtune.data.encode import MediaSpec
 from mmtune.data.example import IGNORE_INDEX, to_device
 from mmtune.data.loader import Draws, DrawLog, PlanSampler, draw_batches, worker_error
-from mmtune.data.stream import batch_budget, epoch_sizes, steps_for_epochs
-from mmtune.errors import DataError, MmtuneError
+from mmtune.data.stream import batch_budget, check_budget, epoch_sizes, steps_for_epochs
+from mmtune.errors import CheckpointError, DataError, MmtuneError
 from mmtune.eval.run import evaluate, write_predictions
 from mmtune.model.build import build_model
 from mmtune.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
 from mmtune.train.best import Best
 from mmtune.train.optim import build_optimizer, build_scheduler
-from mmtune.train.state import load_training_state, training_files
+from mmtune.train.rundir import (CHECKPOINT_PREFIX, FINAL_DIR, RunDir, checkpoints, config_changes, describe_changes,
+                                 find_resume, prune_checkpoints, step_of)
+from mmtune.train.state import load_training_state, saved_config, training_files
 from mmtune.train.report import write_eval_json, write_report
 from mmtune.train.tracker import Tracker, format_progress
 
 log = logging.getLogger("mmtune")
-CHECKPOINT_PREFIX = "checkpoint-"
 
 
 class TrainingError(MmtuneError):
@@ -55,15 +56,29 @@ def train(cfg: Config) -> dict:
         raise ConfigError("data.train: give the training manifest (JSONL or LLaVA .json), e.g. data.train=train.jsonl")
     if cfg.train.best_metric and cfg.data.eval is None:
         raise ConfigError("train.best_metric: needs held-out data to measure it on; set data.eval")
+    check_data_paths(cfg)
     # cpu=True without CUDA: `accelerate launch --multi_gpu --num_processes N` then joins N CPU processes over gloo
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision),
                               cpu=not torch.cuda.is_available())
     out = Path(cfg.train.output_dir)
+    # the main process owns output_dir for the run; the others wait until it has claimed (or refused) it
+    run_dir = RunDir.claim(out, cfg.train.resume, cfg.train.overwrite) if accelerator.is_main_process else None
+    try:
+        accelerator.wait_for_everyone()
+        return _train(cfg, accelerator, out)
+    finally:
+        if run_dir is not None:
+            run_dir.release()
+
+
+def _train(cfg: Config, accelerator: Accelerator, out: Path) -> dict:
     resume_dir = find_resume(out, cfg.train.resume)
+    resumes = check_resume(resume_dir, cfg)
     set_seed(cfg.train.seed)
     if cfg.train.cpu_threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.train.cpu_threads)
     model, tokenizer = build_model(cfg.model, device=str(accelerator.device))
+    check_positions(cfg, model.llm)
     if cfg.train.gradient_checkpointing:
         model.enable_activation_checkpointing()
     train_set, eval_set = _datasets(cfg, tokenizer, accelerator)
@@ -80,9 +95,10 @@ def train(cfg: Config) -> dict:
         if best is not None and not best.load_state_dict(state.get("best")):
             log.info("%s tracked no best %s; the best checkpoint is chosen among this run's evaluations from now on",
                      resume_dir, best.metric)
+        resumes = state.get("resumes", []) + resumes
         log.info("resumed from %s at step %d", resume_dir, step)
     run = _Run(cfg, accelerator, model, tokenizer, optimizer, scheduler, train_set, eval_set, out, position,
-               length, best)
+               length, best, resumes)
     return run.loop(step)
 
 
@@ -127,6 +143,7 @@ def _datasets(cfg: Config, tokenizer, accelerator) -> tuple[MultimodalDataset, M
         eval_set = (MultimodalDataset.load(cfg.data.eval, tokenizer, spec, cfg.data, train=False, progress=progress)
                     if cfg.data.eval else None)
     _report_data(train_set, eval_set)
+    check_budget(train_set.lengths, cfg.data)
     return train_set, eval_set
 
 
@@ -134,12 +151,14 @@ class _Run:
     """The state of one run, so the loop below reads top to bottom."""
 
     def __init__(self, cfg, accelerator, model, tokenizer, optimizer, scheduler, train_set, eval_set, out, position,
-                 length: RunLength, best: Best | None):
+                 length: RunLength, best: Best | None, resumes: list[dict]):
         self.cfg, self.acc, self.model, self.tokenizer = cfg, accelerator, model, tokenizer
         self.optimizer, self.scheduler = optimizer, scheduler
         self.train_set, self.eval_set, self.out = train_set, eval_set, out
         self.length, self.best = length, best
-        self.last_checkpoint: Path | None = None
+        found = sorted(checkpoints(out), key=step_of)
+        self.last_checkpoint: Path | None = found[-1] if found else None  # every checkpoint saved has finite weights
+        self.resumes = resumes  # the settings each resume changed: [{"step", "from", "changed"}]
         self.saved_step: int | None = None  # step of the newest checkpoint written
         self.evaluated: dict[int, tuple[dict, list[dict]]] = {}  # step -> (metrics, records): latest and best only
         self.stopped: str | None = None  # why the run ended before its last step (early stopping)
@@ -278,13 +297,22 @@ class _Run:
         if self.acc.is_main_process:
             folder = self.out / f"{CHECKPOINT_PREFIX}{step}"
             extra = training_files(step, self.optimizer, self.scheduler, self.position, self.train_set.encoder,
-                                   self.best)
-            save_checkpoint(self.acc.unwrap_model(self.model), self.tokenizer, self.cfg.model, folder, extra,
-                            data=self.cfg.data)
+                                   self.best, config=to_dict(self.cfg), resumes=self.resumes)
+            self._save(folder, extra)
             self.last_checkpoint = folder
             prune_checkpoints(self.out, self.cfg.train.keep_last, keep=self.best.checkpoint if self.best else None)
         self.saved_step = step
         self.acc.wait_for_everyone()
+
+    def _save(self, folder: Path, extra: dict | None = None) -> None:
+        """Write a checkpoint folder; weights that are not finite, or a failed write, stop the run naming
+        the last good checkpoint (which the failed write never touches)."""
+        try:
+            save_checkpoint(self.acc.unwrap_model(self.model), self.tokenizer, self.cfg.model, folder, extra,
+                            data=self.cfg.data)
+        except CheckpointError as e:
+            kept = self.last_checkpoint or "none (no checkpoint was written yet)"
+            raise TrainingError(f"{e}. The run stopped; last good checkpoint: {kept}") from None
 
     def finish(self, last: int, tracker, timing: dict) -> dict:
         """Evaluate and save the last step, write final/ (the best or the last weights), eval.json and report.md."""
@@ -306,8 +334,8 @@ class _Run:
             if final_step not in self.evaluated:  # evaluated before a resume: measure it again for eval.json
                 self.evaluated[final_step] = self.measure()
         metrics, records = self.evaluated.get(final_step, ({}, []))
-        final = self.out / "final"
-        save_checkpoint(model, self.tokenizer, self.cfg.model, final, data=self.cfg.data)
+        final = self.out / FINAL_DIR
+        self._save(final)
         if records:
             write_predictions(records, self.out / "predictions.jsonl")
         summary = {"step": final_step, "final": choice}
@@ -316,7 +344,7 @@ class _Run:
         write_eval_json(self.out, {**metrics, **summary} if metrics else {})
         extra = {"train_data": self.train_set.stats(self.draws.skipped) | self.draws.stats(), **timing,
                  "eval_data": self.eval_set.stats() if self.eval_set else None, "steps": last, **summary,
-                 "stopped": self.stopped, "epochs": self.length.epoch(self.position)}
+                 "stopped": self.stopped, "epochs": self.length.epoch(self.position), "resumes": self.resumes}
         write_report(self.out, to_dict(self.cfg), metrics, tracker.history(), extra)  # draws curves.png
         log.info("final checkpoint: %s (step %d); metrics: %s", final, final_step,
                  {k: v for k, v in metrics.items() if k != "groups"})
@@ -350,30 +378,44 @@ def _report_data(train_set: MultimodalDataset, eval_set: MultimodalDataset | Non
             log.warning("skipped %s", err)
 
 
-def find_resume(out: Path, resume: str | None) -> Path | None:
-    """`auto`: the newest OUTPUT_DIR/checkpoint-N (None if there is none); a path: that folder."""
-    if resume is None:
-        return None
-    if resume != "auto":
-        path = Path(resume)
-        if not path.is_dir():
-            raise TrainingError(f"train.resume: {path} is not a folder; give a checkpoint-N folder or 'auto'")
-        return path
-    found = sorted(out.glob(f"{CHECKPOINT_PREFIX}*"), key=_step_of)
-    if not found:
-        log.info("resume=auto: no checkpoint in %s, starting from scratch", out)
-        return None
-    return found[-1]
+def check_data_paths(cfg: Config) -> None:
+    """data.train and data.eval exist (a glob of tar shards matches), before any model is built."""
+    for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
+        if value is None or Path(value).exists() or (any(c in value for c in "*?[") and glob.glob(value)):
+            continue
+        raise ConfigError(f"{key}: {value} does not exist (relative paths resolve against the config file's folder, "
+                          f"{cfg.base_dir}); give an existing manifest, Parquet/Arrow file, datasets folder or shards")
 
 
-def _step_of(path: Path) -> int:
-    suffix = path.name[len(CHECKPOINT_PREFIX):]
-    return int(suffix) if suffix.isdigit() else -1
+def check_positions(cfg: Config, llm) -> None:
+    """data.max_length fits an LLM with a learned position table (past it step 1 fails on an index);
+    rotary LLMs run past max_position_embeddings, so they get a warning."""
+    config = llm.config
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None or cfg.data.max_length <= limit:
+        return
+    if getattr(config, "rope_parameters", None) is None:
+        raise ConfigError(f"data.max_length: {cfg.data.max_length} is over the {limit} positions of this LLM's "
+                          f"learned position table (max_position_embeddings); lower it to at most {limit}")
+    log.warning("data.max_length %d is over the LLM's max_position_embeddings %d: rotary positions run past it, "
+                "but the LLM was not trained that long", cfg.data.max_length, limit)
 
 
-def prune_checkpoints(out: Path, keep_last: int, keep: str | None = None) -> None:
-    """Remove all but the newest `keep_last` checkpoint-N folders, never the one named `keep` (the best)."""
-    found = sorted((p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if _step_of(p) >= 0 and p.name != keep),
-                   key=_step_of)
-    for old in found[: max(len(found) - keep_last, 0)]:
-        shutil.rmtree(old, ignore_errors=True)
+def check_resume(resume_dir: Path | None, cfg: Config) -> list[dict]:
+    """Compare the checkpoint's run config with this one's: [{"step", "from", "changed"}] for the
+    settings that may change (applied), a TrainingError listing any other change."""
+    if resume_dir is None:
+        return []
+    saved = saved_config(resume_dir)
+    if saved is None:  # written before checkpoints kept their run's config
+        log.warning("%s does not record its run's config; the settings given now are used as they are", resume_dir)
+        return []
+    applied, refused = config_changes(saved["config"], to_dict(cfg))
+    if refused:
+        raise TrainingError(f"resume: {resume_dir} was trained with other settings: {describe_changes(refused)}. "
+                            f"A resumed run cannot apply them; restore them, or start a new run from its weights "
+                            f"with model.init_from={resume_dir} and another output_dir")
+    applied.pop("train.resume", None)
+    if applied:
+        log.info("resume: applying %s", describe_changes(applied))
+    return [{"step": saved["step"], "from": str(resume_dir), "changed": describe_changes(applied)}] if applied else []

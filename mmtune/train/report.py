@@ -83,6 +83,8 @@ def _run_section(config: dict, records: list[dict], extra: dict) -> list[str]:
              ("time waiting for data", f"{100 * extra['data_wait_fraction']:.1f}%"
               if is_number(extra.get("data_wait_fraction")) else None),
              ("trainable parameters", human(extra["trainable_params"]) if extra.get("trainable_params") else None)]
+    facts += [("changed on resume", f"at step {r['step']} (from `{r['from']}`): {r['changed']}")
+              for r in extra.get("resumes") or []]
     lines += [""] + [f"- {k}: {v}" for k, v in facts if v is not None]
     return lines
 

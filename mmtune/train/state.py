@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from mmtune.errors import CheckpointError
+from mmtune.model.checkpoint import verify_checksums
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -74,15 +75,31 @@ def set_rng_state(path: Path, meta: dict) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def training_files(step: int, optimizer, scheduler, position: dict, encoder, best=None) -> dict[str, bytes | str]:
+def training_files(step: int, optimizer, scheduler, position: dict, encoder, best=None, config: dict | None = None,
+                   resumes: list | None = None) -> dict[str, bytes | str]:
     """Everything besides the model that resume needs, as {file name: contents}.
     position: the batch plan's {"epoch", "index"} after the last batch trained on; best: the run's
-    `train.best.Best` (which checkpoint is best, how long early stopping has waited) or None."""
+    `train.best.Best` (which checkpoint is best, how long early stopping has waited) or None;
+    config: the run's whole config (a resume compares it with its own); resumes: the settings
+    earlier resumes changed, for the report."""
     opt_bytes, opt_meta = optimizer_files(optimizer)
     rng_bytes, rng_meta = rng_state()
     state = {"step": step, "stream": position, "encoder": encoder.state_dict(), "scheduler": scheduler.state_dict(),
-             "optimizer": opt_meta, "rng": rng_meta, "best": best.state_dict() if best is not None else None}
+             "optimizer": opt_meta, "rng": rng_meta, "best": best.state_dict() if best is not None else None,
+             "config": config, "resumes": resumes or []}
     return {OPTIMIZER_FILE: opt_bytes, RNG_FILE: rng_bytes, STATE_FILE: json.dumps(state)}
+
+
+def saved_config(folder: Path) -> dict | None:
+    """{"step", "config"} of a checkpoint's run, or None when it has no training state or no config."""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder / STATE_FILE} cannot be read ({e}); the checkpoint is damaged, use an "
+                              f"earlier checkpoint-N folder") from None
+    return {"step": state.get("step"), "config": state["config"]} if state.get("config") else None
 
 
 def load_training_state(folder: Path, optimizer, scheduler, encoder) -> dict:
@@ -93,6 +110,7 @@ def load_training_state(folder: Path, optimizer, scheduler, encoder) -> dict:
         raise CheckpointError(f"{folder} lacks {', '.join(missing)}: it holds a model but no training state, "
                               f"so a run cannot resume from it (final/ folders cannot; use checkpoint-N)")
     state = json.loads((folder / STATE_FILE).read_text())
+    verify_checksums(folder, (OPTIMIZER_FILE, RNG_FILE))
     load_optimizer(optimizer, folder / OPTIMIZER_FILE, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if "encoder" not in state:

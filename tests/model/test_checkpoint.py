@@ -14,7 +14,8 @@ from transformers import (AutoConfig, AutoModelForCausalLM, CLIPConfig, CLIPMode
 from mmtune.config import LLMConfig, TowerConfig
 from mmtune.errors import CheckpointError
 from mmtune.model.build import UnknownModelError, build_model
-from mmtune.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint, saved_keys
+from mmtune.model.checkpoint import (CHECKSUMS_FILE, CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint,
+                                     saved_keys)
 from mmtune.model.tokenizer import load_tokenizer
 from tests.tiny import TINY_CLIP, TINY_LLMS, TINY_WHISPER, make_batch, tiny_model_config
 
@@ -213,11 +214,15 @@ def test_missing_folder_says_what_to_pass(tmp_path):
 def test_weights_of_another_config(saved, tmp_path):
     folder = _copy(saved, tmp_path, "no_vision")
     shutil.copy(saved / "full" / WEIGHTS_FILE, folder / WEIGHTS_FILE)  # vision tensors this model lacks
+    with pytest.raises(CheckpointError, match=r"model.safetensors is damaged or was replaced: its SHA-256 differs"):
+        load_checkpoint(folder)
+    (folder / CHECKSUMS_FILE).unlink()  # without checksums (an earlier version's folder) the names are checked
     with pytest.raises(CheckpointError, match=r"holds \d+ tensors this model does not have \(e.g. vision_.*"
                                               rf"{CONFIG_FILE} does not match the weights"):
         load_checkpoint(folder)
     folder = _copy(saved, tmp_path)
     shutil.copy(saved / "no_vision" / WEIGHTS_FILE, folder / WEIGHTS_FILE)  # no vision tensors at all
+    (folder / CHECKSUMS_FILE).unlink()
     with pytest.raises(CheckpointError, match=r"lacks \d+ trained tensors \(e.g. vision_.*use an earlier checkpoint"):
         load_checkpoint(folder)
 
@@ -237,5 +242,8 @@ def test_truncated_weights_file(saved, tmp_path):
     folder = _copy(saved, tmp_path)
     data = (folder / WEIGHTS_FILE).read_bytes()
     (folder / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"{WEIGHTS_FILE} is damaged or was replaced"):
+        load_checkpoint(folder)
+    (folder / CHECKSUMS_FILE).unlink()  # an earlier version's folder: safetensors itself finds the cut
     with pytest.raises(CheckpointError, match=rf"{WEIGHTS_FILE} cannot be read"):
         load_checkpoint(folder)

@@ -136,5 +136,5 @@ def test_init_from_a_missing_or_damaged_folder(tokenizer_dir, tmp_path):
     weights = tmp_path / "stage1" / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:100])
     cfg.init_from = str(tmp_path / "stage1")
-    with pytest.raises(CheckpointError, match=rf"{WEIGHTS_FILE} cannot be read as safetensors"):
+    with pytest.raises(CheckpointError, match=rf"{WEIGHTS_FILE} is damaged or was replaced: its SHA-256 differs"):
         build_model(cfg)
