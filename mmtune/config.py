@@ -21,6 +21,13 @@ TRAIN_PLANS = ("frozen", "lora", "full")
 DEFAULT_MAX_STEPS = 100  # a run's length when neither train.max_steps nor train.epochs is given
 GROUP_COLUMNS = ("voice", "speaker", "task", "language")  # eval.group_by's default, where the rows have them
 LOWER_IS_BETTER = ("loss", "wer", "cer")  # eval metrics; accuracy is the one where higher is better
+EVAL_METRICS = LOWER_IS_BETTER + ("accuracy",)
+# names other trainers use for a key, so a config written for them is told the key mmtune calls it
+KEY_ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "gradient_accumulation_steps": "grad_accum",
+               "lr_scheduler_type": "schedule", "save_steps": "save_every", "eval_steps": "eval_every",
+               "logging_steps": "log_every", "save_total_limit": "keep_last", "resume_from_checkpoint": "resume",
+               "per_device_train_batch_size": "batch_size (in data)", "max_seq_length": "max_length (in data)",
+               "bf16": "mixed_precision: bf16", "lora_r": "r (in model.lora)", "lora_alpha": "alpha (in model.lora)"}
 
 
 class ConfigError(MmtuneError, ValueError):
@@ -30,6 +37,22 @@ class ConfigError(MmtuneError, ValueError):
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _check_at_least(owner, minimum: float, *keys: str, optional: bool = False) -> None:
+    """Each of `keys` of `owner` is a number >= minimum (or None where `optional`)."""
+    for key in keys:
+        value = getattr(owner, key)
+        if value is None and optional:
+            continue
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= minimum):
+            raise ConfigError(f"{key}: must be >= {minimum:g}, got {value!r}")
+
+
+def _check_above(owner, key: str, minimum: float) -> None:
+    value = getattr(owner, key)
+    if not (isinstance(value, (int, float)) and value > minimum):
+        raise ConfigError(f"{key}: must be > {minimum:g}, got {value!r}")
 
 
 @dataclass
@@ -97,8 +120,14 @@ class LoraConfig:
     target_modules: Any = "all-linear"  # "all-linear" or a list of module names
 
     def __post_init__(self):
-        if self.r < 1:
-            raise ConfigError(f"r: must be >= 1, got {self.r}")
+        _check_at_least(self, 1, "r")
+        _check_above(self, "alpha", 0)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: {self.dropout!r} is not a probability in [0, 1)")
+        if not (self.target_modules == "all-linear" or (isinstance(self.target_modules, list) and self.target_modules
+                                                         and all(isinstance(m, str) for m in self.target_modules))):
+            raise ConfigError(f"target_modules: {self.target_modules!r}: give all-linear or a list of module names, "
+                              f"e.g. [q_proj, v_proj]")
 
 
 @dataclass
@@ -135,6 +164,10 @@ class AugmentConfig:
     band_limit_rates: list = field(default_factory=lambda: [8000])  # Hz: passed through one of these rates
 
     def __post_init__(self):
+        _check_at_least(self, 0, "freq_mask", "time_mask", "num_masks")
+        if self.speed is not None and not (self.speed and all(isinstance(s, (int, float)) and 0.5 <= s <= 2.0
+                                                              for s in self.speed)):
+            raise ConfigError(f"speed: {self.speed!r}: give speed factors between 0.5 and 2.0, e.g. [0.9, 1.0, 1.1]")
         for key in ("noise_p", "reverb_p", "band_limit_p"):
             if not 0.0 <= float(getattr(self, key)) <= 1.0:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not a probability in [0, 1]")
@@ -164,6 +197,7 @@ class DataConfig:
     truncation: str = "drop"  # drop | text: over-long samples are dropped or cut in text only
     train_on: str = "all"  # all | last: which assistant turns are supervised
     on_bad_sample: str = "error"  # error | skip
+    special_tokens: str = "error"  # error | text: text holding a tokenizer's control token is refused, or kept as text
     batching: str = "padded"  # padded | packed
     batch_size: int = 8  # samples per batch (padded without a token budget)
     max_tokens_per_batch: int | None = None  # token budget: best-fit packing / length batching
@@ -175,6 +209,9 @@ class DataConfig:
         _check_choice("truncation", self.truncation, ("drop", "text"))
         _check_choice("train_on", self.train_on, ("all", "last"))
         _check_choice("on_bad_sample", self.on_bad_sample, ("error", "skip"))
+        _check_choice("special_tokens", self.special_tokens, ("error", "text"))
+        _check_at_least(self, 1, "max_length")
+        _check_at_least(self, 1, "max_tokens_per_batch", optional=True)
         _check_choice("batching", self.batching, ("padded", "packed"))
         _check_choice("image_resize", self.image_resize, ("crop", "pad"))
         if self.batch_size < 1:
@@ -214,10 +251,18 @@ class TrainConfig:
     best_metric: str | None = None  # keep the checkpoint with the best eval value: loss/wer/cer lower, accuracy higher
     early_stopping_patience: int | None = None  # stop after this many evaluations without a better best_metric
     final: str | None = None  # what final/ holds: best | last (default: best when best_metric is set, else last)
+    overwrite: bool = False  # start afresh in an output_dir holding another run: its checkpoints and records go first
 
     def __post_init__(self):
         _check_choice("schedule", self.schedule, ("cosine", "linear", "constant"))
         _check_choice("mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+        _check_above(self, "lr", 0)
+        _check_at_least(self, 0, "weight_decay", "warmup_steps", "max_grad_norm", "eval_every", "save_every")
+        _check_at_least(self, 1, "log_every", "keep_last")
+        _check_at_least(self, 1, "cpu_threads", optional=True)
+        if self.resume is not None and self.overwrite:
+            raise ConfigError("overwrite and resume are both set: resume continues the run in output_dir, overwrite "
+                              "discards it; keep one")
         if self.epochs is not None:
             if self.max_steps is not None:
                 raise ConfigError(f"epochs and max_steps are both set ({self.epochs} and {self.max_steps}); keep one, "
@@ -229,7 +274,7 @@ class TrainConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps}")
         if self.best_metric is not None:
-            _check_choice("best_metric", self.best_metric, LOWER_IS_BETTER + ("accuracy",))
+            _check_choice("best_metric", self.best_metric, EVAL_METRICS)
         if self.early_stopping_patience is not None:
             if self.early_stopping_patience < 1:
                 raise ConfigError(f"early_stopping_patience: must be >= 1, got {self.early_stopping_patience}")
@@ -251,6 +296,14 @@ class EvalConfig:
     batch_size: int = 16
     metrics: list = field(default_factory=lambda: ["loss"])  # loss, wer, cer, accuracy
     group_by: list | None = None  # manifest columns to score by, e.g. [voice]; default: those of GROUP_COLUMNS present
+
+    def __post_init__(self):
+        _check_at_least(self, 1, "max_new_tokens", "batch_size")
+        _check_at_least(self, 1, "max_samples", optional=True)
+        unknown = [m for m in self.metrics if m not in EVAL_METRICS]
+        if unknown or not self.metrics:
+            raise ConfigError(f"metrics: {unknown or self.metrics!r}: choose from {', '.join(EVAL_METRICS)}, "
+                              f"e.g. [loss, wer]")
 
 
 @dataclass
@@ -323,8 +376,10 @@ def from_dict(cls, data: dict | None, prefix: str = ""):
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
-            match = _close_match(key, names)
-            raise ConfigError(f"unknown key {full!r}" + (f" (did you mean {prefix}{match}?)" if match else ""))
+            alias = KEY_ALIASES.get(key)
+            match = alias if alias and alias.split(" ")[0].rstrip(":") in names else _close_match(key, names)
+            hint = f"{prefix}{match}" if match else alias
+            raise ConfigError(f"unknown key {full!r}" + (f" (did you mean {hint}?)" if hint else ""))
         sub = _dataclass_type(hints[key])
         if sub is not None and (value is not None or hints[key] is sub):
             kwargs[key] = from_dict(sub, value, f"{full}.")
@@ -360,12 +415,32 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r}: write it as key.sub=value, e.g. train.lr=1e-4")
         key, raw = item.split("=", 1)
         key = SHORT_KEYS.get(key.strip(), key.strip())
-        _set_dotted(tree, key, yaml.safe_load(raw) if raw != "" else None)
+        _set_dotted(tree, key, _yaml(raw, f"override {item!r}") if raw != "" else None)
         given.add(key)
     for key, other in (RUN_LENGTH_KEYS, RUN_LENGTH_KEYS[::-1]):
         if key in given and other not in given and isinstance(tree.get("train"), dict):
             tree["train"].pop(other.split(".", 1)[1], None)
     return tree
+
+
+def _yaml(text: str, where: str) -> Any:
+    """Parse YAML; a syntax error names `where`, the line and the column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}"
+                          + (" (quote a value that holds ': ' or starts with [ { * &)" if "override" in where
+                             else "")) from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.__class__.__name__}: {e})") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -375,8 +450,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        tree = yaml.safe_load(path.read_text()) or {}
+            raise ConfigError(f"config file {path} " + ("is a folder: give the YAML file in it" if path.is_dir()
+                                                        else "does not exist"))
+        tree = _yaml(_read_text(path), str(path)) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, train, eval)")
         base_dir = str(path.resolve().parent)
@@ -388,7 +464,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def _resolve_paths(cfg: Config) -> None:
-    """Relative paths in the file resolve against the file's folder (hub ids stay as they are)."""
+    """Relative paths in the file resolve against the file's folder (hub ids stay as they are); a model
+    path that can only be local (not a hub id) must exist."""
     m = cfg.model
     m.llm.path, m.llm.tokenizer = resolve_path(cfg, m.llm.path), resolve_path(cfg, m.llm.tokenizer)
     m.init_from = resolve_path(cfg, m.init_from)
@@ -396,6 +473,19 @@ def _resolve_paths(cfg: Config) -> None:
         if tower is not None:
             tower.path = resolve_path(cfg, tower.path)
     cfg.data.train, cfg.data.eval = resolve_path(cfg, cfg.data.train), resolve_path(cfg, cfg.data.eval)
+    paths = {"model.llm.path": m.llm.path, "model.llm.tokenizer": m.llm.tokenizer, "model.init_from": m.init_from,
+             "model.audio.path": m.audio and m.audio.path, "model.vision.path": m.vision and m.vision.path}
+    for key, value in paths.items():
+        if value and (key == "model.init_from" or not _could_be_hub_id(value)) and not Path(value).exists():
+            fix = ("a checkpoint folder written by `mmtune train` (OUTPUT_DIR/final)" if key == "model.init_from"
+                   else "a local folder, or a hub id such as Qwen/Qwen2.5-0.5B")
+            raise ConfigError(f"{key}: {value} does not exist (relative paths resolve against the config file's "
+                              f"folder, {cfg.base_dir}); give {fix}")
+
+
+def _could_be_hub_id(value: str) -> bool:
+    """'name' or 'org/name': no leading / . ~, at most one slash."""
+    return not value.startswith(("/", ".", "~")) and value.count("/") <= 1 and "\\" not in value
 
 
 def resolve_path(cfg: Config, value: str | None) -> str | None:

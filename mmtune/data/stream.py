@@ -7,7 +7,7 @@
 
 import numpy as np
 
-from mmtune.config import DataConfig
+from mmtune.config import ConfigError, DataConfig
 from mmtune.data.sampler import length_grouped_batches, shuffled_batches, token_budget_batches
 
 
@@ -16,6 +16,15 @@ def token_budget(lengths, data: DataConfig) -> int:
     if data.max_tokens_per_batch is not None:
         return data.max_tokens_per_batch
     return max(int(np.max(lengths)), int(data.batch_size * float(np.mean(lengths))))
+
+
+def check_budget(lengths, data: DataConfig) -> None:
+    """data.max_tokens_per_batch holds the longest sample (a batch is at least one sample)."""
+    budget = data.max_tokens_per_batch
+    longest = int(np.max(lengths)) if len(lengths) else 0
+    if budget is not None and longest > budget:
+        raise ConfigError(f"data.max_tokens_per_batch: {budget} is below the longest sample's {longest} tokens; raise "
+                          f"it to at least {longest}, or lower data.max_length (longer rows are then dropped or cut)")
 
 
 def batch_budget(lengths, data: DataConfig) -> int | None:

@@ -97,7 +97,7 @@ def apply_plans(model: MultimodalLM, cfg: ModelConfig) -> None:
     for part, plan in part_plans(cfg).items():
         owner, attr = _part_owner(model, part)
         if owner is not None:
-            setattr(owner, attr, apply_plan(getattr(owner, attr), plan, cfg.lora))
+            setattr(owner, attr, apply_plan(getattr(owner, attr), plan, cfg.lora, part))
     freeze(model.audio_projector, cfg.audio is not None and cfg.audio.projector.frozen)
     freeze(model.vision_projector, cfg.vision is not None and cfg.vision.projector.frozen)
 

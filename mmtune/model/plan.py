@@ -6,14 +6,22 @@ LoRA goes through peft (`get_peft_model`), which wraps the base layers; nothing 
 import peft
 from torch import nn
 
-from mmtune.config import LoraConfig
+from mmtune.config import ConfigError, LoraConfig
 
 
-def apply_plan(module: nn.Module, plan: str, lora: LoraConfig) -> nn.Module:
-    """Freeze, fully train, or LoRA-wrap `module`; returns the module to use in its place."""
+def apply_plan(module: nn.Module, plan: str, lora: LoraConfig, part: str = "model") -> nn.Module:
+    """Freeze, fully train, or LoRA-wrap `module` (`part` names it in errors); returns the module to use
+    in its place."""
     module.requires_grad_(plan == "full")
     if plan != "lora":
         return module
+    if lora.target_modules != "all-linear":
+        names = {name.rsplit(".", 1)[-1] for name, _ in module.named_modules()}
+        missing = [m for m in lora.target_modules if m not in names]
+        if len(missing) == len(lora.target_modules):  # peft wraps the names it finds; none found is an error
+            linear = sorted({name.rsplit(".", 1)[-1] for name, m in module.named_modules() if isinstance(m, nn.Linear)})
+            raise ConfigError(f"model.lora.target_modules: none of {', '.join(missing)} is in the {part} (its linear "
+                              f"layers: {', '.join(linear)}); name some of those, or give all-linear")
     config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=lora.target_modules)
     return peft.get_peft_model(module, config)

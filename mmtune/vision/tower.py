@@ -10,6 +10,7 @@ pretend to train.
 import torch
 from torch import nn
 
+from mmtune.config import ConfigError
 from mmtune.model.placeholders import num_image_tokens
 
 
@@ -25,8 +26,8 @@ class VisionTower(nn.Module):
         self.patch_size = config.patch_size
         n_states = config.num_hidden_layers + 1  # embeddings + every layer
         if not -n_states <= feature_layer < n_states:
-            raise ValueError(f"feature_layer {feature_layer} is outside the tower's {n_states} hidden states "
-                             f"(use -1 for the last layer, -2 for the second to last)")
+            raise ConfigError(f"model.vision.feature_layer: {feature_layer} is outside the tower's {n_states} hidden "
+                              f"states ({-n_states} .. {n_states - 1}; -1: the last layer, -2: the second to last)")
         keep = feature_layer % n_states  # layers needed: hidden_states[k] is the output of layer k
         inner = getattr(vision_model, "vision_model", vision_model)  # older transformers nest the transformer
         inner.encoder.layers = inner.encoder.layers[:keep]
