@@ -7,7 +7,17 @@ The tokenizer's own chat template renders the text (media parts become `<|audio|
 prompt. Trained tokens: the assistant text plus its end-of-turn token, of every assistant turn
 (`train_on="all"`) or of the last one (`"last"`). Each placeholder then becomes exactly the
 number of tokens its encoder gives (`mmtune.model.placeholders`).
+
+Message text holding one of the tokenizer's special tokens (`<|im_end|>`, `<|im_start|>`, eos, pad,
+`<|audio|>`, ...) would be read as that control token: an answer "seven<|im_end|><|im_start|>user..."
+would teach the model to write a fake user turn. `SpecialTokens` (built once per tokenizer) refuses such
+text (data.special_tokens: error) or keeps it as the characters written (text): each occurrence stands
+as a private-use sentinel while the template renders, and the run of text around it is tokenized with
+`split_special_tokens=True`, so only the template's own markers are special ids.
 """
+
+import re
+from collections import Counter
 
 import torch
 
@@ -19,11 +29,97 @@ from mmtune.model.placeholders import PLACEHOLDERS
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
 
-def text_messages(messages: list[dict]) -> list[dict]:
-    """Content parts -> one string per message, media as placeholder tokens (one part per line)."""
-    out = []
+# Supplementary Private Use Area-B: the k-th special token's stand-in while the template renders text mode
+SENTINEL_BASE = 0x100000
+SENTINEL_ROOM = 0xFFFE  # code points U+100000 .. U+10FFFD
+
+
+class SpecialTokens:
+    """The tokenizer's special-token strings and what message text holding one becomes.
+
+        special = SpecialTokens(tokenizer, "error")      # once per tokenizer: one compiled regex
+        special.text("seven<|im_end|>", "assistant turn 1")   # DataError naming '<|im_end|>'
+        SpecialTokens(tokenizer, "text").text("seven<|im_end|>", "assistant turn 1")  # "seven" + <|im_end|>'s sentinel
+
+    mode "error" (data.special_tokens): such text is a DataError; "text": it is tokenized as the
+    characters written (`encode`), never as the control token.
+    """
+
+    def __init__(self, tokenizer, mode: str = "error"):
+        if mode not in ("error", "text"):
+            raise ValueError(f"special_tokens mode must be 'error' or 'text', got {mode!r}")
+        added = tokenizer.added_tokens_decoder.values()
+        tokens = set(tokenizer.all_special_tokens) | {t.content for t in added if t.special}
+        self.tokens = sorted((t for t in tokens if t), key=lambda t: (-len(t), t))  # longest first: a match is whole
+        if len(self.tokens) > SENTINEL_ROOM:
+            raise ValueError(f"the tokenizer has {len(self.tokens)} special tokens, more than {SENTINEL_ROOM}")
+        self.index = {t: k for k, t in enumerate(self.tokens)}  # token -> k: its sentinel is SENTINEL_BASE + k
+        self.mode = mode
+        unk = tokenizer.unk_token_id
+        self.ids = {i for i in tokenizer.convert_tokens_to_ids(self.tokens) if i is not None and i != unk}
+        last = chr(SENTINEL_BASE + max(len(self.tokens), 1) - 1)
+        sentinels = f"[{chr(SENTINEL_BASE)}-{last}]"
+        literal = "|".join(map(re.escape, self.tokens)) or "(?!)"  # (?!): matches nothing
+        self.pattern = re.compile(literal + "|" + sentinels)  # a special token, or a character we stand in with
+        self.markers = re.compile(f"({literal})")  # what is left special after `text`: the template's own
+        self.sentinels = re.compile(sentinels)
+
+    def text(self, text: str, where: str) -> str:
+        """Message text -> the text to render: as it is, or each special token as its sentinel (text mode);
+        a DataError naming the token and `where` ("assistant turn 1") in error mode."""
+        out, end = [], 0
+        for found in self.pattern.finditer(text):
+            token, at = found.group(), found.start()
+            k = self.index.get(token)
+            if k is None:
+                raise DataError("", f"{where} text holds the private-use character U+{ord(token):X} at character "
+                                    f"{at}, which mmtune stands in for special tokens; remove it")
+            if self.mode == "error":
+                raise DataError("", f"{where} text holds {token!r} at character {at}, a special token of the "
+                                    f"tokenizer (a chat-template marker, end of turn, pad or media slot) that would "
+                                    f"be read as that control token; remove it, or set data.special_tokens: text "
+                                    f"to train on it as plain text")
+            out += [text[end:at], chr(SENTINEL_BASE + k)]
+            end = found.end()
+        return "".join(out) + text[end:] if out else text
+
+    def encode(self, tokenizer, text: str) -> list[int]:
+        """Rendered text -> ids: the template's markers as their special ids, and each run between markers
+        that holds a sentinel tokenized as plain text, the sentinel written back as its token's characters."""
+        if self.sentinels.search(text) is None:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids: list[int] = []
+        plain = ""  # text tokenized as usual, markers included
+        for k, run in enumerate(self.markers.split(text)):  # odd k: a marker
+            if k % 2 == 1 or self.sentinels.search(run) is None:
+                plain += run
+                continue
+            ids += tokenizer(plain, add_special_tokens=False)["input_ids"] if plain else []
+            plain = ""
+            ids += self._plain_ids(tokenizer, self.sentinels.sub(self._literal, run))
+        return ids + (tokenizer(plain, add_special_tokens=False)["input_ids"] if plain else [])
+
+    def _literal(self, found: re.Match) -> str:
+        return self.tokens[ord(found.group()) - SENTINEL_BASE]
+
+    def _plain_ids(self, tokenizer, run: str) -> list[int]:
+        ids = tokenizer(run, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        special = [i for i in ids if i in self.ids]
+        if special:
+            raise DataError("", f"the tokenizer encodes {tokenizer.convert_ids_to_tokens(special[0])!r} in the text "
+                                f"{run!r} as its special token even when told to split special tokens; remove it")
+        return ids
+
+
+def text_messages(messages: list[dict], special: SpecialTokens | None = None) -> list[dict]:
+    """Content parts -> one string per message, media as placeholder tokens (one part per line); with
+    `special`, text parts holding a special token are refused or written with sentinels (`SpecialTokens.text`)."""
+    out, turns = [], Counter()
     for m in messages:
-        pieces = [p["text"] if p["type"] == "text" else PLACEHOLDERS[p["type"]] for p in m["content"]]
+        turns[m["role"]] += 1
+        where = f"{m['role']} turn {turns[m['role']]}"
+        pieces = [(p["text"] if special is None else special.text(p["text"], where)) if p["type"] == "text"
+                  else PLACEHOLDERS[p["type"]] for p in m["content"]]
         out.append({"role": m["role"], "content": "\n".join(pieces)})
     return out
 
@@ -40,9 +136,11 @@ def _template(tokenizer, messages, generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def chat_segments(tokenizer, messages: list[dict], train_on: str = "all") -> list[tuple[str, bool]]:
-    """The rendered conversation as (text, is_assistant_answer) pieces, in order."""
-    chat = text_messages(messages)
+def chat_segments(tokenizer, messages: list[dict], train_on: str = "all",
+                  special: SpecialTokens | None = None) -> list[tuple[str, bool]]:
+    """The rendered conversation as (text, is_assistant_answer) pieces, in order; special tokens in the
+    messages' text are refused, or stand as sentinels (`SpecialTokens`; default: refused)."""
+    chat = text_messages(messages, special or SpecialTokens(tokenizer))
     answers = [i for i, m in enumerate(chat) if m["role"] == "assistant"]
     trained = set(answers if train_on == "all" else answers[-1:])
     segments, done = [], ""
@@ -65,27 +163,33 @@ def _answer_labels(ids: list[int], eot: set[int]) -> list[int]:
     return ids[:stop] + [IGNORE_INDEX] * (len(ids) - stop)
 
 
-def render_conversation(tokenizer, messages: list[dict], counts: dict[str, list[int]],
-                        train_on: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
-    """-> input_ids (T,), labels (T,); counts["audio"][k] is the token count of the k-th clip."""
+def render_conversation(tokenizer, messages: list[dict], counts: dict[str, list[int]], train_on: str = "all",
+                        special: SpecialTokens | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> input_ids (T,), labels (T,); counts["audio"][k] is the token count of the k-th clip.
+
+    special: what text holding a special token becomes (default: a DataError); build it once per tokenizer."""
+    special = special or SpecialTokens(tokenizer)
     eot = end_of_turn_ids(tokenizer)
     ids: list[int] = []
     labels: list[int] = []
-    for text, trained in chat_segments(tokenizer, messages, train_on):
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for text, trained in chat_segments(tokenizer, messages, train_on, special):
+        piece = special.encode(tokenizer, text)
         ids += piece
         labels += _answer_labels(piece, eot) if trained else [IGNORE_INDEX] * len(piece)
     ids, labels = expand_placeholders(tokenizer, ids, labels, counts)
     return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
 
 
-def render_prompt(tokenizer, messages: list[dict], counts: dict[str, list[int]]) -> torch.Tensor:
+def render_prompt(tokenizer, messages: list[dict], counts: dict[str, list[int]],
+                  special: SpecialTokens | None = None) -> torch.Tensor:
     """A generation prompt: the conversation up to (not including) its last assistant turn, if any,
-    then the template's generation prompt -> input_ids (T,), placeholders expanded."""
+    then the template's generation prompt -> input_ids (T,), placeholders expanded; special tokens in
+    the text as in `render_conversation`."""
+    special = special or SpecialTokens(tokenizer)
     if messages and messages[-1]["role"] == "assistant":
         messages = messages[:-1]
-    text = _template(tokenizer, text_messages(messages), generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = _template(tokenizer, text_messages(messages, special), generation_prompt=True)
+    ids = special.encode(tokenizer, text)
     ids, _ = expand_placeholders(tokenizer, ids, ids, counts)
     return torch.tensor(ids, dtype=torch.long)
 

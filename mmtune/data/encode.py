@@ -24,7 +24,7 @@ from mmtune.audio.augment import add_noise, band_limit, reverberate, spec_augmen
 from mmtune.audio.features import FRAMES_PER_SECOND, HOP_LENGTH, MAX_FRAMES, windowed_log_mel
 from mmtune.audio.io import SAMPLE_RATE, load_audio, num_samples
 from mmtune.config import DataConfig, ModelConfig
-from mmtune.data.chat import render_conversation, render_prompt, truncate
+from mmtune.data.chat import SpecialTokens, render_conversation, render_prompt, truncate
 from mmtune.data.example import IGNORE_INDEX, Example
 from mmtune.data.formats import Sample
 from mmtune.errors import DataError, MediaError
@@ -91,6 +91,10 @@ class SampleEncoder:
         self.train = train
         self.seed = seed
         self.placeholder_ids = {tokenizer.convert_tokens_to_ids(t): m for m, t in PLACEHOLDERS.items()}
+        self.special = SpecialTokens(tokenizer, data.special_tokens)  # one regex over every row's text
+        for key in ("instruction", "system"):  # config text every ASR row gets: refused once, here
+            if getattr(data, key):
+                self.special.text(getattr(data, key), f"data.{key}")
         aug = data.augment
         self.speeds = sorted({float(f) for f in aug.speed}) if train and aug.speed else [1.0]
 
@@ -130,7 +134,7 @@ class SampleEncoder:
             audio = [self.audio_features(p) for p in _parts(messages, "audio")]
             images = [self.image_pixels(p) for p in _parts(messages, "image")]
             counts = self._counts([a.shape[-1] for a in audio], [im.shape[0] for im in images])
-            ids = render_prompt(self.tokenizer, messages, counts)
+            ids = render_prompt(self.tokenizer, messages, counts, self.special)
         return Example(ids, torch.full_like(ids, IGNORE_INDEX), audio, images, sample.source)
 
     def _counts(self, audio_frames: list[int], image_views: list[int]) -> dict[str, list[int]]:
@@ -140,7 +144,8 @@ class SampleEncoder:
 
     def _render(self, sample: Sample, counts: dict):
         """-> input_ids (T,), labels (T,), media kept {"audio": k, "image": m}, whether the text was cut."""
-        ids, labels = render_conversation(self.tokenizer, sample.messages, counts, self.data.train_on)
+        ids, labels = render_conversation(self.tokenizer, sample.messages, counts, self.data.train_on,
+                                          self.special)
         if labels.ne(IGNORE_INDEX).sum() == 0:
             raise DataError("", "no supervised token: the assistant answers rendered to nothing")
         if len(ids) <= self.data.max_length:
