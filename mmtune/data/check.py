@@ -16,7 +16,7 @@ from mmtune.console import progress_bar
 from mmtune.data.encode import SampleEncoder, named, one_thread
 from mmtune.data.index import CHUNK_ROWS, load_index, map_chunks
 from mmtune.data.sources import cache_folder, open_source, read_sample
-from mmtune.errors import DataError, MediaError
+from mmtune.errors import DataError
 from mmtune.vision.io import load_image
 
 
@@ -102,10 +102,8 @@ def _media_sizes(sample, max_seconds: float) -> tuple[list[float], list[tuple[in
     seconds, sizes = [], []
     for part in (p for m in sample.messages for p in m["content"]):
         if part["type"] == "audio":
-            seconds.append(len(load_audio(part["path"], SAMPLE_RATE, part.get("bytes"))) / SAMPLE_RATE)
-            if seconds[-1] > max_seconds:
-                raise MediaError(f"audio file {part['path']} is {seconds[-1]:.1f} s long, over "
-                                 f"data.max_audio_seconds={max_seconds:g}: raise it or split the file")
+            # a clip over the limit is refused from its header, before it is decoded
+            seconds.append(len(load_audio(part["path"], SAMPLE_RATE, part.get("bytes"), max_seconds)) / SAMPLE_RATE)
         elif part["type"] == "image":
             sizes.append(load_image(part["path"], data=part.get("bytes")).size)
     return seconds, sizes

@@ -12,7 +12,6 @@ Errors are DataErrors naming the sample's row.
 """
 
 import math
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,14 +21,14 @@ from transformers import AutoConfig
 
 from mmtune.audio.augment import add_noise, band_limit, reverberate, spec_augment, speed_perturb
 from mmtune.audio.features import FRAMES_PER_SECOND, HOP_LENGTH, MAX_FRAMES, windowed_log_mel
-from mmtune.audio.io import SAMPLE_RATE, load_audio, num_samples
+from mmtune.audio.io import SAMPLE_RATE, check_duration, load_audio, num_samples
 from mmtune.config import DataConfig, ModelConfig
 from mmtune.data.chat import SpecialTokens, render_conversation, render_prompt, truncate
 from mmtune.data.example import IGNORE_INDEX, Example
 from mmtune.data.formats import Sample
 from mmtune.errors import DataError, MediaError
 from mmtune.model.placeholders import PLACEHOLDERS, num_audio_tokens, num_image_tokens, window_frames
-from mmtune.vision.io import image_size, load_image
+from mmtune.vision.io import check_readable, image_size, load_image
 from mmtune.vision.preprocess import ImageSpec
 from mmtune.vision.tiles import image_views, num_views
 
@@ -170,7 +169,7 @@ class SampleEncoder:
         """A clip part -> log-mel (n_mels, frames); with `rng` (training) speed and noise are drawn."""
         if self.spec.n_mels is None:
             raise DataError("", "the sample has audio but the model has no audio tower: add model.audio")
-        wave = load_audio(part["path"], SAMPLE_RATE, part.get("bytes"))  # (n,)
+        wave = load_audio(part["path"], SAMPLE_RATE, part.get("bytes"), self.data.max_audio_seconds)  # (n,)
         if rng is not None:
             wave = self._augment_wave(wave, rng)
         features = windowed_log_mel(wave, self.spec.n_mels, self.spec.audio_window)  # (n_mels, frames)
@@ -208,18 +207,15 @@ class SampleEncoder:
     def _check_frames(self, path: str, frames: int) -> None:
         if frames == 0:
             raise MediaError(f"audio file {path} is shorter than one 10 ms frame")
-        if frames > self._max_frames:
-            raise MediaError(f"audio file {path} is {frames / FRAMES_PER_SECOND:.1f} s long, over "
-                             f"data.max_audio_seconds={self.data.max_audio_seconds:g}: raise it (the clip is "
-                             f"encoded in {self.spec.audio_window / FRAMES_PER_SECOND:g} s windows) or split the file")
+        window = self.spec.audio_window / FRAMES_PER_SECOND  # s
+        check_duration(path, frames * HOP_LENGTH, self.data.max_audio_seconds, window)
 
     def _image_views(self, part: dict) -> int:
         """Tower inputs the image becomes, from its header (read only when tiles are on)."""
         if self.spec.image is None:
             raise DataError("", "the sample has an image but the model has no vision tower: add model.vision")
         if self.spec.max_tiles == 1:
-            if part.get("bytes") is None and not os.path.isfile(part["path"]):
-                raise MediaError(f"image file not found: {part['path']}")
+            check_readable(part["path"], part.get("bytes"))
             return 1
         width, height = image_size(part["path"], part.get("bytes"))
         return num_views(width, height, self.spec.max_tiles, self.spec.image.size)

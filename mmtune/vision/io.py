@@ -5,11 +5,12 @@ Every failure is a `MediaError` whose message names the file and what to do abou
 
 import io
 import os
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from mmtune.errors import MediaError
+from mmtune.errors import MediaError, unreadable
 
 MAX_PIXELS = 64_000_000  # pixels; larger images are refused (decompression bombs)
 EXIF_ORIENTATION = 0x0112  # EXIF tag: 1 upright; 5 .. 8 a quarter turn (width and height swap)
@@ -30,44 +31,56 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, data: byte
     Raises `MediaError` for a missing, corrupt or truncated file, one of more than `max_pixels`
     pixels, or a mode with no sensible RGB conversion.
     """
-    if data is None and not os.path.isfile(path):
-        raise MediaError(f"image file not found: {path}")
+    check_readable(path, data)
     return _to_rgb(_decode(path, max_pixels, data), path)
 
 
 def image_size(path: str | os.PathLike, data: bytes | None = None, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """(W, H) as displayed, from the file's header and EXIF orientation alone (no pixel decoded);
     raises MediaError as `load_image` does for a missing or unreadable file or too many pixels."""
-    if data is None and not os.path.isfile(path):
-        raise MediaError(f"image file not found: {path}")
+    check_readable(path, data)
+    with _opened(path, data, max_pixels) as img:
+        width, height = img.size
+        turned = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn swaps the sides
+    return (height, width) if turned else (width, height)
+
+
+def check_readable(path, data: bytes | None = None) -> None:
+    """Open the file once (no pixel read), so a bad path is told its real reason rather than "not found"."""
+    if data is not None:
+        return
+    try:
+        with open(path, "rb"):
+            return
+    except FileNotFoundError:
+        link = f" (a symlink to {os.readlink(path)}, which does not exist)" if os.path.islink(path) else ""
+        raise MediaError(f"image file not found: {path}{link}") from None
+    except OSError as e:
+        raise MediaError(f"image file {path} {unreadable(path, e, 'an image file')}") from None
+
+
+@contextmanager
+def _opened(path, data: bytes | None, max_pixels: int):
+    """The image, open with only its header read, refused when over `max_pixels`; Pillow's errors
+    inside the block (header or pixel decoding) become MediaErrors naming the file."""
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as img:
             _check_pixels(img.size, path, max_pixels)
-            width, height = img.size
-            turned = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn swaps the sides
+            yield img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise MediaError(f"image {path} is over Pillow's decompression-bomb limit ({e}); resize it") from e
+        # Pillow's own guard fires inside Image.open, before the size can be read; the warning
+        # only arrives as an exception when the caller's warning filters make it one.
+        raise MediaError(f"image {path} is over Pillow's decompression-bomb limit ({e}); "
+                         f"{_resize(max_pixels)}") from e
     except _DECODE_ERRORS as e:
         raise MediaError(f"cannot decode image {path}: {e} (is the file truncated?)") from e
-    return (height, width) if turned else (width, height)
 
 
 def _decode(path, max_pixels: int, data: bytes | None = None) -> Image.Image:
     """Open, check the header's size, decode every pixel and apply the EXIF orientation."""
-    try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as img:
-            _check_pixels(img.size, path, max_pixels)
-            img.load()  # decode now, so a truncated file fails here and not in a data worker later
-            return ImageOps.exif_transpose(img)  # a new image, independent of the closed file
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        # Pillow's own guard fires inside Image.open, before the size can be read; the warning
-        # only arrives as an exception when the caller's warning filters make it one.
-        raise MediaError(
-            f"image {path} is over Pillow's decompression-bomb limit ({e}); resize it, "
-            f"or raise PIL.Image.MAX_IMAGE_PIXELS as well as max_pixels"
-        ) from e
-    except _DECODE_ERRORS as e:
-        raise MediaError(f"cannot decode image {path}: {e} (is the file truncated?)") from e
+    with _opened(path, data, max_pixels) as img:
+        img.load()  # decode now, so a truncated file fails here and not in a data worker later
+        return ImageOps.exif_transpose(img)  # a new image, independent of the closed file
 
 
 def _check_pixels(size: tuple[int, int], path, max_pixels: int) -> None:
@@ -76,8 +89,13 @@ def _check_pixels(size: tuple[int, int], path, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise MediaError(
             f"image {path} has {width} x {height} = {width * height} pixels, over the limit of "
-            f"{max_pixels}; resize it or raise max_pixels"
+            f"{max_pixels}; {_resize(max_pixels)}"
         )
+
+
+def _resize(max_pixels: int) -> str:
+    """The fix for an image over the limit. The limit is load_image's max_pixels (MAX_PIXELS), no config key."""
+    return f"resize it to at most {max_pixels} pixels (width x height) or drop the row"
 
 
 def _to_rgb(img: Image.Image, path) -> Image.Image:

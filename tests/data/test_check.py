@@ -140,4 +140,4 @@ def test_clips_over_max_audio_seconds_are_bad_rows_also_without_a_model(tmp_path
     report = check_data(str(path), data=DataConfig(max_audio_seconds=0.5, num_workers=0), progress=False)
     assert [(e.source, e.reason) for e in report.bad] == [
         (f"{path}:3", f"audio file {tmp_path / 'long.wav'} is 0.6 s long, over data.max_audio_seconds=0.5: "
-                      "raise it or split the file")]
+                      "raise it (the clip is encoded in windows of model.audio.window_seconds) or split the file")]

@@ -310,7 +310,8 @@ BAD = {
     "decompression bomb": Bad(  # a real PNG whose header claims 70 M pixels, over the 64 M default limit
         lambda f: _image_then(f, "bomb.png", lambda p: p.write_bytes(png_header(10_000, 7_000))),
         lambda f: re.escape(f"image {f / 'bomb.png'} has 10000 x 7000 = 70000000 pixels, over the limit of "
-                            f"{MAX_PIXELS}; resize it or raise max_pixels")),
+                            f"{MAX_PIXELS}; resize it to at most {MAX_PIXELS} pixels (width x height) or drop "
+                            f"the row")),
     "invalid JSON": Bad(
         lambda f: '{"messages": [{"role": "user", "content": "hi"},',
         lambda f: r"invalid JSON at column \d+: .+; each line must be one JSON object"),

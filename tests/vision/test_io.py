@@ -157,7 +157,7 @@ def test_header_over_the_limit_is_refused_before_decoding(tmp_path):
         load_image(path)
     assert str(err.value) == (
         f"image {path} has 10000 x 7000 = 70000000 pixels, over the limit of {MAX_PIXELS}; "
-        "resize it or raise max_pixels"
+        f"resize it to at most {MAX_PIXELS} pixels (width x height) or drop the row"
     )
 
 
