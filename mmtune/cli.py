@@ -4,7 +4,10 @@ gives an example; `tests/test_cli.py` holds them to that.
 """
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -128,16 +131,18 @@ def _add_eval(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="a folder written by mmtune train (OUTPUT_DIR/final or "
                                                        "checkpoint-N)")
     p.add_argument("--data", required=True, help="manifest (JSONL or LLaVA JSON), Parquet/Arrow or a datasets folder")
-    p.add_argument("--json", help="also write the metrics to this file")
-    p.add_argument("--predictions", help="write per-sample predictions here (JSON lines)")
+    p.add_argument("--json", help="also write the metrics to this file (its folders are created)")
+    p.add_argument("--predictions", help="write per-sample predictions here, as JSON lines (its folders are created)")
     p.add_argument("--instruction", default=None, help="prompt for ASR shorthand rows (default: the training one)")
-    p.add_argument("--metrics", default="loss,wer,cer,accuracy", help="comma-separated, from loss, wer, cer, accuracy")
+    p.add_argument("--metrics", type=_metric_list, default="loss,wer,cer,accuracy",
+                   help="comma-separated, from loss, wer, cer, accuracy")
     p.add_argument("--group-by", default=None,
                    help="comma-separated row columns to score by (default: voice, speaker, task, language where "
                         "present; '' for none)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer generated, in tokens")
-    p.add_argument("--batch-size", type=int, default=16, help="samples per generation and loss batch")
-    p.add_argument("--max-samples", type=int, help="evaluate the first N rows only (default: all)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=32,
+                   help="longest answer generated, in tokens (>= 1)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="samples per generation and loss batch (>= 1)")
+    p.add_argument("--max-samples", type=_positive_int, help="evaluate the first N rows only, N >= 1 (default: all)")
     p.set_defaults(run=_run_eval)
 
 
@@ -147,19 +152,68 @@ def _run_eval(args) -> int:
     from mmtune.eval.run import evaluate, write_predictions
     from mmtune.model.checkpoint import load_checkpoint
 
+    for flag, path in (("--json", args.json), ("--predictions", args.predictions)):
+        _check_writable(flag, path)  # before the run, not after it
     model, tokenizer, model_cfg = load_checkpoint(args.checkpoint)
     data_cfg = _data_config(args.checkpoint, args.instruction)
     dataset = MultimodalDataset.load(args.data, tokenizer, MediaSpec.from_config(model_cfg, data_cfg), data_cfg)
     group_by = None if args.group_by is None else [c for c in args.group_by.split(",") if c]
-    metrics, records = evaluate(model, tokenizer, dataset, tuple(args.metrics.split(",")), args.max_new_tokens,
+    metrics, records = evaluate(model, tokenizer, dataset, args.metrics, args.max_new_tokens,
                                 args.batch_size, args.max_samples, group_by=group_by)
     metrics["skipped"] = len(dataset.skipped)
-    print(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics, indent=2))  # printed first: a failed write below loses no result
     if args.json:
-        Path(args.json).write_text(json.dumps(metrics, indent=2))
+        with _writing("--json", args.json):
+            _make_parents(args.json).write_text(json.dumps(metrics, indent=2))
     if args.predictions:
-        write_predictions(records, args.predictions)
+        with _writing("--predictions", args.predictions):
+            write_predictions(records, args.predictions)
     return 0
+
+
+def _metric_list(text: str) -> tuple[str, ...]:
+    """--metrics "loss,wer" -> ("loss", "wer"); an unknown or missing name is an argparse error."""
+    from mmtune.config import EVAL_METRICS
+
+    names = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in names if m not in EVAL_METRICS]
+    if unknown or not names:
+        what = f"unknown metric {', '.join(unknown)}" if unknown else "no metric named"
+        raise argparse.ArgumentTypeError(f"{text!r}: {what}; choose from {', '.join(EVAL_METRICS)}")
+    return names
+
+
+def _check_writable(flag: str, path: str | None) -> None:
+    """Raise MmtuneError now when `path` (an output file; its missing folders will be created) cannot be
+    written: it is a folder, a file stands where a folder must go, or the first existing folder is read-only."""
+    if path is None:
+        return
+    target = Path(path).absolute()
+    if target.is_dir():
+        raise MmtuneError(f"{flag} {path} is a folder: give the path of a file (in it or elsewhere)")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise MmtuneError(f"{flag} {path}: no permission to write this file; give another path")
+    folder = next(p for p in target.parents if p.exists())
+    if not folder.is_dir():
+        raise MmtuneError(f"{flag} {path}: {folder} is a file, so no folder can be made there; give another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MmtuneError(f"{flag} {path}: no permission to write in {folder}; give another path")
+
+
+def _make_parents(path: str) -> Path:
+    """`path` as a Path, its missing parent folders created."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def _writing(flag: str, path: str):
+    """Turn an OSError while writing `path` (disk full, permissions, a folder in the way) into one error line."""
+    try:
+        yield
+    except OSError as e:
+        raise MmtuneError(f"{flag} {path}: cannot write it ({e.strerror or e}); the results were printed "
+                          f"above: give another path to keep them in a file") from None
 
 
 def _data_config(checkpoint: str, instruction: str | None):
@@ -198,9 +252,12 @@ def _add_generate(sub) -> None:
 def _add_sampling(p) -> None:
     p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="longest answer generated, in tokens (>= 1)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0, help="with --sample: < 1 sharper, > 1 more varied")
-    p.add_argument("--top-p", type=float, default=1.0, help="with --sample: nucleus sampling's probability mass")
-    p.add_argument("--seed", type=int, default=0, help="with --sample: the random seed, for repeatable answers")
+    p.add_argument("--temperature", type=_positive_float, default=1.0,
+                   help="with --sample: < 1 sharper, > 1 more varied (> 0; for greedy answers leave out --sample)")
+    p.add_argument("--top-p", type=_probability, default=1.0,
+                   help="with --sample: nucleus sampling's probability mass, more than 0 and at most 1")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="with --sample: the random seed, for repeatable answers (0 to 2**64 - 1)")
 
 
 def _gen_kwargs(args) -> dict:
@@ -215,6 +272,10 @@ def _predictor(checkpoint: str, instruction: str | None = None):
 
 
 def _run_generate(args) -> int:
+    for kind, path in args.media:  # before the model loads, which may take minutes
+        if not Path(path).is_file():
+            raise MmtuneError(f"--{kind} {path}: " + ("is a folder, not a file" if Path(path).is_dir() else
+                                                      "no such file") + "; check the path")
     predictor = _predictor(args.checkpoint)
     print(predictor.answer(args.prompt, media=args.media, **_gen_kwargs(args)))
     return 0
@@ -223,12 +284,13 @@ def _run_generate(args) -> int:
 def _add_transcribe(sub) -> None:
     p = _command(
         sub, "transcribe", "transcribe audio files with a speech checkpoint (batched, greedy)",
-        "Prints one line per file: PATH<TAB>TEXT. Files are read with soundfile (WAV, FLAC, OGG/Opus, MP3)\n"
-        "and resampled to 16 kHz. A recording may be as long as the run's data.max_audio_seconds (600 s by\n"
-        "default); past 30 s it is encoded in 30 s windows, and the transcript may take 4 tokens a second (see\n"
-        "--max-new-tokens). The model hears what it was trained on: the offline speech example's checkpoints know the\n"
-        "ten digit words only: the main job's\n"
-        "(runs/speech_digits/final) synthetic voices only, the one after examples/speech_digits/voices.yaml\n"
+        "Prints one line per file: PATH<TAB>TEXT, in the order given; a file that cannot be read gets an\n"
+        "`error: PATH: ...` line on stderr instead (the others are still transcribed) and the exit status is 1.\n"
+        "Files are read with soundfile (WAV, FLAC, OGG/Opus, MP3) and resampled to 16 kHz. A recording may be\n"
+        "as long as the run's data.max_audio_seconds (600 s by default); past 30 s it is encoded in 30 s\n"
+        "windows, and the transcript may take 4 tokens a second (see --max-new-tokens). The model hears what\n"
+        "it was trained on: the offline speech example's checkpoints know the ten digit words only: the main\n"
+        "job's (runs/speech_digits/final) synthetic voices only, the one after examples/speech_digits/voices.yaml\n"
         "(runs/speech_digits_voices/final) real people too, about 6 words in 10 of a voice it never heard.",
         "  mmtune transcribe --checkpoint runs/speech_digits/final clip1.wav clip2.flac\n"
         "  mmtune transcribe --checkpoint runs/speech_digits_voices/final my_voice.wav\n"
@@ -237,7 +299,7 @@ def _add_transcribe(sub) -> None:
     p.add_argument("files", nargs="+", help="audio files")
     p.add_argument("--instruction", default=None, help="the prompt (default: the instruction the checkpoint was "
                                                        "trained with)")
-    p.add_argument("--batch-size", type=int, default=16, help="clips transcribed together")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="clips transcribed together (>= 1)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=None,
                    help="longest transcript, in tokens (default: 32, or 4 a second of the longest clip)")
     p.set_defaults(run=_run_transcribe)
@@ -246,10 +308,13 @@ def _add_transcribe(sub) -> None:
 def _run_transcribe(args) -> int:
     predictor = _predictor(args.checkpoint, args.instruction)
     texts = predictor.transcribe(args.files, batch_size=args.batch_size, progress=len(args.files) > 16,
-                                 max_new_tokens=args.max_new_tokens)
+                                 max_new_tokens=args.max_new_tokens, return_errors=True)
     for path, text in zip(args.files, texts):
-        print(f"{path}\t{text}")
-    return 0
+        if isinstance(text, MmtuneError):  # a DataError naming the file: "PATH: what is wrong"
+            print(f"error: {text}", file=sys.stderr)
+        else:
+            print(f"{path}\t{text}")
+    return 1 if any(isinstance(text, MmtuneError) for text in texts) else 0
 
 
 def _add_chat(sub) -> None:
@@ -281,11 +346,11 @@ def _add_data(sub) -> None:
     c = dsub.add_parser("check", help="read every row and its media; report ranges and every bad row",
                         formatter_class=HelpFormatter,
                         description="Read every row and its media; report ranges and every bad row.\n\n"
-                                    "Exit status 1 when any row is bad. With --config, the length index training "
-                                    "uses is built (or read back from\n.mmtune_index/ beside the data) and token "
-                                    "lengths (placeholders expanded for the configured encoders)\nand over-length "
-                                    "rows are reported too; a later `mmtune train` with the same settings then "
-                                    "starts at once.",
+                                    "Exit status 1 when any row is bad or there is no row. With --config, the length "
+                                    "index training uses\nis built (or read back from .mmtune_index/ beside the data) "
+                                    "and token lengths (placeholders expanded for the\nconfigured encoders) and "
+                                    "over-length rows are reported too; a later `mmtune train` with the same\n"
+                                    "settings then starts at once.",
                         epilog="""examples:
   mmtune data check data/train.jsonl                                  rows and media, no tokenizer needed
   mmtune data check data/train.jsonl --config config.yaml             + token lengths, over-length rows, the index
@@ -354,6 +419,9 @@ def _run_data_check(args) -> int:
         encoder = SampleEncoder(tokenizer, MediaSpec.from_config(cfg.model, cfg.data), cfg.data, train=True)
         max_length = cfg.data.max_length
     report = check_data(args.manifest, encoder, decode=not args.headers_only)
+    if report.rows == 0:
+        raise MmtuneError(f"no rows: {args.manifest} is empty (blank lines are not rows); write one JSON row a "
+                          f"line, or check the path")
     print(format_report(report, max_length))
     return 1 if report.bad else 0
 
@@ -387,11 +455,14 @@ def _add_export(sub) -> None:
     p = _command(
         sub, "export", "merge LoRA and write a plain transformers LLM checkpoint",
         "The output loads with AutoModelForCausalLM.from_pretrained(OUT) without mmtune; towers and\n"
-        "projectors are saved beside it in mmtune_towers.safetensors. Prints the output folder.",
+        "projectors are saved beside it in mmtune_towers.safetensors. Prints the output folder. --out must not\n"
+        "be, hold or lie inside the checkpoint folder; an existing --out is replaced only when it is empty or a\n"
+        "previous export (it has mmtune_export.json), and a failed export leaves it as it was.",
         "  mmtune export --checkpoint runs/speech_digits/final --out exported/speech_digits")
     p.add_argument("--checkpoint", required=True, help="a folder written by mmtune train (OUTPUT_DIR/final or "
                                                        "checkpoint-N)")
-    p.add_argument("--out", required=True, help="the folder to write (created)")
+    p.add_argument("--out", required=True, help="the folder to write (created with its parents; a previous export "
+                                                "there is replaced)")
     p.set_defaults(run=_run_export)
 
 
@@ -419,11 +490,13 @@ def _add_bench(sub) -> None:
                                     "an index of 200k rows\n(minutes on 2 cores).",
                         epilog="examples:\n  mmtune bench data --json data.json\n"
                                "  mmtune bench data --sizes 2000 20000 --steps 20        a quicker look")
-    d.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000, 200000], help="manifest rows")
-    d.add_argument("--steps", type=int, default=40, help="optimizer steps timed per run (after the first)")
-    d.add_argument("--workers", type=int, default=2, help="data.num_workers of the per-draw runs")
-    d.add_argument("--eager-max", type=int, default=20000, help="largest size the eager pipeline is run at")
-    d.add_argument("--json", help="also write the result to this file")
+    d.add_argument("--sizes", type=_positive_int, nargs="+", default=[2000, 20000, 200000], help="manifest rows")
+    d.add_argument("--steps", type=_positive_int, default=40, help="optimizer steps timed per run (after the first)")
+    d.add_argument("--workers", type=_whole_number, default=2,
+                   help="data.num_workers of the per-draw runs (0: the main process)")
+    d.add_argument("--eager-max", type=_whole_number, default=20000,
+                   help="largest size the eager pipeline is run at (0: never)")
+    d.add_argument("--json", help=JSON_HELP)
     d.set_defaults(run=_run_bench, bench="data")
     g = bsub.add_parser("long", help="memory and speed of one long packed row, 1k -> 32k tokens, plain vs chunked loss",
                         formatter_class=HelpFormatter,
@@ -436,12 +509,13 @@ def _add_bench(sub) -> None:
                                     "extrapolated, where its logits would not fit in the memory available.",
                         epilog="examples:\n  mmtune bench long --json long.json\n"
                                "  mmtune bench long --lengths 1024 4096          a quicker look")
-    g.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768],
+    g.add_argument("--lengths", type=_positive_int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768],
                    help="tokens of the packed row")
-    g.add_argument("--hidden", type=int, default=64, help="the LLM's hidden size (its vocabulary stays 151,936)")
+    g.add_argument("--hidden", type=_hidden_size, default=64,
+                   help="the LLM's hidden size, a multiple of 8 (its vocabulary stays 151,936)")
     g.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU)")
-    g.add_argument("--threads", type=int, help="torch CPU threads in each run")
-    g.add_argument("--json", help="also write the result to this file")
+    g.add_argument("--threads", type=_positive_int, help="torch CPU threads in each run")
+    g.add_argument("--json", help=JSON_HELP)
     g.set_defaults(run=_run_bench, bench="long")
     for name, help_text in (("packing", "padded vs packed training throughput on a realistic mix"),
                             ("audio-encoder", "variable-length vs 30 s-padded Whisper encoding of 5 s clips"),
@@ -450,24 +524,27 @@ def _add_bench(sub) -> None:
                      f"  mmtune bench {name} --json {name}.json\n  mmtune bench {name} --device cuda"
                      + (" --preset 0.5b" if name == "packing" else " --preset small" if name == "audio-encoder"
                         else ""))
-        b.add_argument("--json", help="also write the result to this file")
+        b.add_argument("--json", help=JSON_HELP)
         b.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU)")
-        b.add_argument("--threads", type=int, default=None if name != "features" else 1,
+        b.add_argument("--threads", type=_positive_int, default=None if name != "features" else 1,
                        help="torch CPU threads during the run (1 gives steady figures on a shared machine)")
         if name != "features":
             real = "0.5b" if name == "packing" else "small"
             b.add_argument("--preset", default="tiny", choices=("tiny", real),
                            help=f"tiny (CPU); {real}: real sizes, bf16, for --device cuda")
         if name == "packing":
-            b.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, for MFU, if not known")
-            b.add_argument("--num-samples", type=int, help="samples of the mix (default: the preset's, 256 / 1024)")
-            b.add_argument("--steps", type=int, help="optimizer steps per mode (default: one epoch each)")
-            b.add_argument("--batch-size", type=int, help="samples per padded batch (default: the preset's, 8 / 16)")
-            b.add_argument("--max-tokens", type=int,
+            b.add_argument("--peak-tflops", type=_positive_float,
+                           help="the card's dense bf16 peak, for MFU, if not known")
+            b.add_argument("--num-samples", type=_positive_int,
+                           help="samples of the mix (default: the preset's, 256 / 1024)")
+            b.add_argument("--steps", type=_positive_int, help="optimizer steps per mode (default: one epoch each)")
+            b.add_argument("--batch-size", type=_positive_int,
+                           help="samples per padded batch (default: the preset's, 8 / 16)")
+            b.add_argument("--max-tokens", type=_positive_int,
                            help="tokens per packed row (default: the preset's, 2048 / 16384: about batch-size "
                                 "x the mean sample length)")
         else:
-            b.add_argument("--num-clips", type=int, default=16 if name == "audio-encoder" else 64,
+            b.add_argument("--num-clips", type=_positive_int, default=16 if name == "audio-encoder" else 64,
                            help="clips encoded per side")
         if name == "audio-encoder":
             b.add_argument("--seconds", type=_clip_seconds, default=5.0,
@@ -477,19 +554,60 @@ def _add_bench(sub) -> None:
         b.set_defaults(run=_run_bench, bench=name)
 
 
-def _positive_int(text: str) -> int:
+JSON_HELP = "also write the result to this file (its folders are created)"
+
+
+def _whole_number(text: str, minimum: int = 0) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: give at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text}: give at least {minimum}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, minimum=1)
+
+
+def _seed(text: str) -> int:
+    value = _whole_number(text)
+    if value >= 2 ** 64:
+        raise argparse.ArgumentTypeError(f"{text}: torch takes seeds below 2**64")
+    return value
+
+
+def _hidden_size(text: str) -> int:
+    value = _positive_int(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"{text}: give a multiple of 8 (4 attention heads of an even size)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text}: give a number more than 0")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text}: give a probability more than 0 and at most 1")
     return value
 
 
 def _clip_seconds(text: str) -> float:
     seconds = float(text)
-    if not 0 < seconds <= 30:
+    if not 0 < seconds <= 30:  # NaN too
         raise argparse.ArgumentTypeError(f"{text}: a Whisper encoder takes clips of more than 0 and at most 30 s")
     return seconds
 
@@ -497,6 +615,7 @@ def _clip_seconds(text: str) -> float:
 def _run_bench(args) -> int:
     from mmtune.bench.report import write_json
 
+    _check_writable("--json", args.json)  # before a run of minutes, not after it
     if args.bench == "data":
         from mmtune.bench.data import run
 
@@ -520,7 +639,10 @@ def _run_bench(args) -> int:
         from mmtune.bench.features import run
 
         result = run(num_clips=args.num_clips, device=args.device, n_mels=args.mels, threads=args.threads)
-    print(write_json(result, args.json))
+    print(write_json(result, None))  # printed first: a failed write below loses no result
+    if args.json:
+        with _writing("--json", args.json):
+            write_json(result, args.json)
     return 0
 
 

@@ -465,7 +465,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def _resolve_paths(cfg: Config) -> None:
     """Relative paths in the file resolve against the file's folder (hub ids stay as they are); a model
-    path that can only be local (not a hub id) must exist."""
+    or tokenizer path that can only be local (not a hub id) must exist."""
     m = cfg.model
     m.llm.path, m.llm.tokenizer = resolve_path(cfg, m.llm.path), resolve_path(cfg, m.llm.tokenizer)
     m.init_from = resolve_path(cfg, m.init_from)
@@ -473,14 +473,13 @@ def _resolve_paths(cfg: Config) -> None:
         if tower is not None:
             tower.path = resolve_path(cfg, tower.path)
     cfg.data.train, cfg.data.eval = resolve_path(cfg, cfg.data.train), resolve_path(cfg, cfg.data.eval)
-    paths = {"model.llm.path": m.llm.path, "model.llm.tokenizer": m.llm.tokenizer, "model.init_from": m.init_from,
+    # (model.init_from may be written by an earlier stage still to run: the model build checks it)
+    paths = {"model.llm.path": m.llm.path, "model.llm.tokenizer": m.llm.tokenizer,
              "model.audio.path": m.audio and m.audio.path, "model.vision.path": m.vision and m.vision.path}
     for key, value in paths.items():
-        if value and (key == "model.init_from" or not _could_be_hub_id(value)) and not Path(value).exists():
-            fix = ("a checkpoint folder written by `mmtune train` (OUTPUT_DIR/final)" if key == "model.init_from"
-                   else "a local folder, or a hub id such as Qwen/Qwen2.5-0.5B")
+        if value and not _could_be_hub_id(value) and not Path(value).exists():
             raise ConfigError(f"{key}: {value} does not exist (relative paths resolve against the config file's "
-                              f"folder, {cfg.base_dir}); give {fix}")
+                              f"folder, {cfg.base_dir}); give a local folder, or a hub id such as Qwen/Qwen2.5-0.5B")
 
 
 def _could_be_hub_id(value: str) -> bool:

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from mmtune.collators.padded import collate_padded
-from mmtune.config import GROUP_COLUMNS
+from mmtune.config import EVAL_METRICS, GROUP_COLUMNS, ConfigError
 from mmtune.console import progress_bar
 from mmtune.data.dataset import MultimodalDataset
 from mmtune.data.example import to_device
@@ -25,7 +25,7 @@ from mmtune.data.loader import BatchKey, Draws, draw_batches
 from mmtune.eval.metrics import cer, error_counts, exact_match, normalize_text, wer
 from mmtune.infer.generate import eval_mode, generate, length_batches, model_device
 
-METRICS = ("loss", "wer", "cer", "accuracy")
+METRICS = EVAL_METRICS  # ("loss", "wer", "cer", "accuracy")
 GENERATION_METRICS = {"wer": wer, "cer": cer, "accuracy": exact_match}
 
 
@@ -37,9 +37,7 @@ def evaluate(model, tokenizer, dataset: MultimodalDataset, metrics=("loss", "wer
 
     Samples are encoded batch by batch (in data.num_workers processes), never all at once.
     """
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown eval metric(s) {unknown}; choose from {', '.join(METRICS)}")
+    check_metrics(metrics)
     if dataset.encoder.train:
         raise ValueError("evaluate needs a dataset built with train=False (no augmentation)")
     n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
@@ -57,6 +55,13 @@ def evaluate(model, tokenizer, dataset: MultimodalDataset, metrics=("loss", "wer
             results["groups"] = groups
     results["num_samples"] = len(records) if records else n
     return results, records
+
+
+def check_metrics(metrics) -> None:
+    """Raise ConfigError (a ValueError) naming the metrics not in METRICS."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"unknown eval metric(s) {unknown}; choose from {', '.join(METRICS)}")
 
 
 def score(records: list[dict], metrics) -> dict:

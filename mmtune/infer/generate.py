@@ -31,6 +31,7 @@ from mmtune.data.chat import end_of_turn_ids
 from mmtune.data.encode import MediaSpec, SampleEncoder
 from mmtune.data.example import Example, to_device
 from mmtune.data.formats import Sample
+from mmtune.errors import MmtuneError
 from mmtune.model.checkpoint import load_checkpoint
 
 TOKENS_PER_SECOND = 4  # transcript room per second of audio: speech is 2-3 words, about 3 tokens, a second
@@ -191,13 +192,31 @@ class Predictor:
         return generate(self.model, self.tokenizer, [example], **gen)[0]
 
     def transcribe(self, paths: list[str], instruction: str | None = None, batch_size: int = 16,
-                   progress: bool = False, max_new_tokens: int | None = None, **gen) -> list[str]:
+                   progress: bool = False, max_new_tokens: int | None = None, return_errors: bool = False,
+                   **gen) -> list[str | MmtuneError]:
         """Audio files -> transcripts, in order. instruction: the training prompt (default data.instruction);
-        max_new_tokens: default 32, or 4 a second of the longest clip (speech is about 3 tokens a second)."""
+        max_new_tokens: default 32, or 4 a second of the longest clip (speech is about 3 tokens a second).
+
+        A file that cannot be read raises its DataError (naming the file) before anything is generated;
+        with return_errors=True that error takes the file's place in the list instead, and the other
+        files are still transcribed (batched together as usual).
+        """
         text = self.data.instruction if instruction is None else instruction
-        examples = [self.encoder.prompt(self.sample(text, [("audio", p)], source=str(p))) for p in paths]
+        prompts = [self._audio_prompt(text, p) for p in paths]  # Example, or the MmtuneError of a bad file
+        errors = [e for e in prompts if isinstance(e, MmtuneError)]
+        if errors and not return_errors:
+            raise errors[0]
+        examples = [e for e in prompts if not isinstance(e, MmtuneError)]
         if max_new_tokens is None:
-            longest = max(a.shape[-1] for e in examples for a in e.audio) / FRAMES_PER_SECOND  # seconds
+            longest = max((a.shape[-1] for e in examples for a in e.audio), default=0) / FRAMES_PER_SECOND  # s
             max_new_tokens = max(32, math.ceil(TOKENS_PER_SECOND * longest))
-        return generate(self.model, self.tokenizer, examples, batch_size=batch_size, progress=progress,
-                        max_new_tokens=max_new_tokens, **gen)
+        texts = iter(generate(self.model, self.tokenizer, examples, batch_size=batch_size, progress=progress,
+                              max_new_tokens=max_new_tokens, **gen))
+        return [e if isinstance(e, MmtuneError) else next(texts) for e in prompts]
+
+    def _audio_prompt(self, instruction: str, path: str):
+        """The prompt Example of one audio file, or the MmtuneError (a DataError naming it) it raised."""
+        try:
+            return self.encoder.prompt(self.sample(instruction, [("audio", path)], source=str(path)))
+        except MmtuneError as e:
+            return e

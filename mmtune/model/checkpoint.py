@@ -69,7 +69,7 @@ def save_checkpoint(model, tokenizer, cfg: ModelConfig, folder: str | Path, extr
             (tmp / name).write_bytes(contents if isinstance(contents, bytes) else contents.encode())
         sums = {p.name: file_sha256(p) for p in sorted(tmp.glob("*.safetensors"))}
         (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2))
-        _replace_dir(tmp, folder)
+        replace_dir(tmp, folder)
     except OSError as e:  # disk full, quota, permissions: the partial folder goes, earlier checkpoints stay
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"cannot write checkpoint {folder}: {e.strerror or e}; the partial folder was "
@@ -103,7 +103,7 @@ def verify_checksums(folder: Path, names) -> None:
                                   f"the folder again")
 
 
-def _replace_dir(tmp: Path, folder: Path) -> None:
+def replace_dir(tmp: Path, folder: Path) -> None:
     """Move `tmp` to `folder`; an existing folder is swapped out first and removed after."""
     old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
     if folder.exists():
@@ -136,6 +136,9 @@ def _read_config(folder: str | Path) -> dict:
 
 
 def _check_files(folder: Path) -> None:
+    if folder.is_file():
+        raise CheckpointError(f"checkpoint folder {folder} is a file: pass the folder written by `mmtune train` "
+                              f"(OUTPUT_DIR/final or OUTPUT_DIR/checkpoint-N), not a file in it")
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist: pass a folder written by "
                               f"`mmtune train` (OUTPUT_DIR/final or OUTPUT_DIR/checkpoint-N)")

@@ -3,26 +3,69 @@
 The result loads with `AutoModelForCausalLM.from_pretrained(OUT)` and `AutoTokenizer` without
 mmtune. Towers and projectors are written beside it (`mmtune_towers.safetensors`) so nothing
 trained is lost; mmtune itself keeps loading the original checkpoint folder.
+
+The output folder is checked before anything is loaded or written: it may not be a file, nor
+be, hold or lie inside the checkpoint; an existing folder is replaced only when it is empty or a
+previous export (it has `mmtune_export.json`). The export is written into a temporary sibling
+and renamed into place, so a failed export leaves the previous one (or nothing) behind.
 """
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import peft
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from mmtune.model.checkpoint import load_checkpoint
+from mmtune.errors import MmtuneError
+from mmtune.model.checkpoint import load_checkpoint, replace_dir
+
+MARKER_FILE = "mmtune_export.json"  # says "this folder is an mmtune export": a later export may replace it
+
+
+class ExportError(MmtuneError):
+    """The export's output folder cannot be used or written."""
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write the merged LLM, its tokenizer and the towers to `out_dir` (created); -> out_dir."""
+    check_out_dir(checkpoint, out_dir)
+    out = Path(out_dir).resolve()
     model, tokenizer, _ = load_checkpoint(checkpoint)
-    out_dir = Path(out_dir)
     llm = model.llm
     if isinstance(llm, peft.PeftModel):
         llm = llm.merge_and_unload()
     llm.config.use_cache = True
-    llm.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    towers = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("llm.")}
-    if towers:
-        save_file({k: v.clone() for k, v in towers.items()}, str(out_dir / "mmtune_towers.safetensors"))
-    return out_dir
+    towers = {k: v.contiguous().clone() for k, v in model.state_dict().items() if not k.startswith("llm.")}
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        llm.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if towers:
+            save_file(towers, str(tmp / "mmtune_towers.safetensors"))
+        (tmp / MARKER_FILE).write_text(json.dumps({"format": "mmtune-export", "checkpoint": str(checkpoint)}))
+        replace_dir(tmp, out)
+    except (OSError, SafetensorError) as e:  # disk full, permissions: the partial folder goes, an old export stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"--out {out_dir}: cannot write the export ({getattr(e, 'strerror', None) or e}); "
+                          f"nothing was changed there") from None
+    return Path(out_dir)
+
+
+def check_out_dir(checkpoint: str | Path, out_dir: str | Path) -> None:
+    """Raise ExportError when `out_dir` is a file, overlaps the checkpoint folder, or is a non-empty
+    folder that is not a previous export."""
+    out, ckpt = Path(out_dir).resolve(), Path(checkpoint).resolve()
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out_dir} is a file: give a folder (it is created)")
+    if out == ckpt or ckpt in out.parents or out in ckpt.parents:
+        where = "is" if out == ckpt else "lies inside" if ckpt in out.parents else "holds"
+        raise ExportError(f"--out {out_dir} {where} the checkpoint folder {checkpoint}: write the export to "
+                          f"a folder of its own, e.g. exported/{ckpt.name}")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER_FILE).is_file():
+        raise ExportError(f"--out {out_dir} is a folder that holds other files (not a previous mmtune export): "
+                          f"give a new or empty folder, or remove it first")
