@@ -11,9 +11,9 @@ import shutil
 import pytest
 import torch
 
-from mmtune.cli import main
 from mmtune.model.build import build_model
 from mmtune.model.checkpoint import save_checkpoint
+from tests.reliability.helpers import error_lines, run_cli
 from tests.tiny import tiny_model_config, write_asr_run
 
 
@@ -35,33 +35,18 @@ def clips(tmp_path_factory, tokenizer_dir):
     return folder
 
 
-def _run(capsys, *argv) -> tuple[int, str, str]:
-    """-> (exit status, stdout, stderr) of `mmtune ARGV`; a usage error (SystemExit) gives its code."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
-
-
-def _errors(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("error: ")]
-
-
 def _one_error(capsys, *argv) -> str:
     """The single `error:` line of a run that must fail with exit status 1."""
-    code, _, err = _run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 1, err
-    lines = _errors(err)
+    lines = error_lines(err)
     assert len(lines) == 1, err
     return lines[0]
 
 
 def _usage_error(capsys, *argv) -> str:
     """The argparse message of a run that must stop with a usage error (exit status 2)."""
-    code, _, err = _run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2, err
     return err.strip().splitlines()[-1]
 
@@ -133,7 +118,7 @@ def test_the_edges_of_each_range_are_accepted(capsys):
 
 def test_eval_creates_the_folders_of_its_output_files(capsys, checkpoint, clips, tmp_path):
     metrics, predictions = tmp_path / "new" / "deeper" / "eval.json", tmp_path / "other" / "predictions.jsonl"
-    code, out, _ = _run(capsys, "eval", "--checkpoint", checkpoint, "--data", clips / "eval.jsonl", "--metrics",
+    code, out, _ = run_cli(capsys, "eval", "--checkpoint", checkpoint, "--data", clips / "eval.jsonl", "--metrics",
                         "loss,wer", "--max-new-tokens", "2", "--json", metrics, "--predictions", predictions)
     assert code == 0
     assert json.loads(metrics.read_text()) == json.loads(out)
@@ -141,7 +126,7 @@ def test_eval_creates_the_folders_of_its_output_files(capsys, checkpoint, clips,
 
 
 @pytest.mark.parametrize("flag", ["--json", "--predictions"])
-def test_an_eval_output_path_that_cannot_be_a_file_is_refused_before_the_run(capsys, clips, tmp_path, flag):
+def test_an_eval_output_path_that_cannot_be_a_file_is_refused_before_therun_cli(capsys, clips, tmp_path, flag):
     (tmp_path / "taken").write_text("a file where a folder must go")
     nowhere = tmp_path / "no-checkpoint"  # refused before the checkpoint is even read
     for path, says in ((tmp_path, "is a folder"), (tmp_path / "taken" / "eval.json", "is a file, so no folder")):
@@ -151,10 +136,10 @@ def test_an_eval_output_path_that_cannot_be_a_file_is_refused_before_the_run(cap
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device that is always full)")
 def test_a_failed_write_of_the_metrics_is_one_error_line_after_they_are_printed(capsys, checkpoint, clips):
-    code, out, err = _run(capsys, "eval", "--checkpoint", checkpoint, "--data", clips / "eval.jsonl",
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", checkpoint, "--data", clips / "eval.jsonl",
                           "--metrics", "loss", "--json", "/dev/full")
     assert code == 1 and json.loads(out)["num_samples"] == 4  # the result is not lost
-    assert _errors(err) == [_errors(err)[0]] and "error: --json /dev/full: cannot write it (No space left" in err
+    assert error_lines(err) == [error_lines(err)[0]] and "error: --json /dev/full: cannot write it (No space left" in err
 
 
 def test_bench_json_into_a_folder_is_refused_before_the_bench_runs(capsys, tmp_path):
@@ -196,15 +181,15 @@ def test_export_onto_a_file_or_a_folder_of_other_files_is_refused_and_leaves_the
 
 def test_export_replaces_a_previous_export_and_fills_an_empty_folder(capsys, checkpoint, tmp_path):
     out = tmp_path / "exports" / "speech"  # parents created
-    assert _run(capsys, "export", "--checkpoint", checkpoint, "--out", out)[0] == 0
+    assert run_cli(capsys, "export", "--checkpoint", checkpoint, "--out", out)[0] == 0
     (out / "left-from-before.txt").write_text("stale")
-    code, printed, _ = _run(capsys, "export", "--checkpoint", checkpoint, "--out", out)
+    code, printed, _ = run_cli(capsys, "export", "--checkpoint", checkpoint, "--out", out)
     assert code == 0 and printed.strip() == str(out)
     assert (out / "config.json").is_file() and (out / "mmtune_towers.safetensors").is_file()
     assert not (out / "left-from-before.txt").exists()  # the folder is the new export, nothing mixed in
     assert sorted(p.name for p in out.parent.iterdir()) == ["speech"]  # no temporary folder left beside it
     (tmp_path / "empty").mkdir()
-    assert _run(capsys, "export", "--checkpoint", checkpoint, "--out", tmp_path / "empty")[0] == 0
+    assert run_cli(capsys, "export", "--checkpoint", checkpoint, "--out", tmp_path / "empty")[0] == 0
 
 
 # ----------------------------------------------------------------------------- many files, some bad
@@ -213,23 +198,23 @@ def test_export_replaces_a_previous_export_and_fills_an_empty_folder(capsys, che
 def test_transcribe_prints_every_good_file_and_one_error_line_per_bad_one(capsys, checkpoint, clips):
     good = [clips / "audio" / f"{i}.wav" for i in range(3)]
     missing, bad = clips / "missing.wav", clips / "bad.wav"
-    code, alone, _ = _run(capsys, "transcribe", "--checkpoint", checkpoint, *good, "--max-new-tokens", "3",
+    code, alone, _ = run_cli(capsys, "transcribe", "--checkpoint", checkpoint, *good, "--max-new-tokens", "3",
                           "--batch-size", "2")
     assert code == 0
-    code, out, err = _run(capsys, "transcribe", "--checkpoint", checkpoint, good[0], missing, good[1], bad, good[2],
+    code, out, err = run_cli(capsys, "transcribe", "--checkpoint", checkpoint, good[0], missing, good[1], bad, good[2],
                           "--max-new-tokens", "3", "--batch-size", "2")
     assert code == 1
     assert out == alone  # the good files, in the order given, with the transcripts they get without the bad ones
     assert [line.split("\t")[0] for line in out.splitlines()] == [str(p) for p in good]
-    errors = _errors(err)
+    errors = error_lines(err)
     assert len(errors) == 2
     assert errors[0].startswith(f"error: {missing}: ") and "not found" in errors[0]  # in the order given
     assert errors[1].startswith(f"error: {bad}: ")
 
 
 def test_transcribe_with_only_bad_files_prints_no_transcript(capsys, checkpoint, clips):
-    code, out, err = _run(capsys, "transcribe", "--checkpoint", checkpoint, clips / "bad.wav")
-    assert (code, out) == (1, "") and _errors(err)[0].startswith(f"error: {clips / 'bad.wav'}: ")
+    code, out, err = run_cli(capsys, "transcribe", "--checkpoint", checkpoint, clips / "bad.wav")
+    assert (code, out) == (1, "") and error_lines(err)[0].startswith(f"error: {clips / 'bad.wav'}: ")
 
 
 @pytest.mark.parametrize("flag", ["--image", "--audio"])

@@ -3,20 +3,13 @@
 import pytest
 
 from mmtune.cli import main
+from tests.reliability.helpers import one_error_line
 from tests.tiny import write_asr_run
 
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory, tokenizer_dir):
     return write_asr_run(tmp_path_factory.mktemp("cfg"), tokenizer_dir)
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 BAD_SETTINGS = [
@@ -61,32 +54,32 @@ BAD_SETTINGS = [
                                                                                          if s[1]])
 def test_a_bad_setting_is_one_error_line_naming_the_key(cfg, capsys, override, message):
     assert main(["train", cfg, override]) == 1
-    assert message in _error(capsys)
+    assert message in one_error_line(capsys)
 
 
 def test_overwrite_with_resume_is_refused(cfg, capsys):
     assert main(["train", cfg, "train.overwrite=true", "resume=auto"]) == 1
-    assert "overwrite and resume are both set" in _error(capsys)
+    assert "overwrite and resume are both set" in one_error_line(capsys)
 
 
 def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  lr: 1e-4\n  max_steps: [2\n")
     assert main(["train", str(bad)]) == 1
-    error = _error(capsys)
+    error = one_error_line(capsys)
     assert f"{bad}: not valid YAML at line 4, column 1" in error
 
 
 def test_a_config_path_that_is_a_folder(tmp_path, capsys):
     assert main(["train", str(tmp_path)]) == 1
-    assert "is a folder: give the YAML file in it" in _error(capsys)
+    assert "is a folder: give the YAML file in it" in one_error_line(capsys)
 
 
 def test_a_config_file_that_is_not_text(tmp_path, capsys):
     bad = tmp_path / "weights.yaml"
     bad.write_bytes(b"\xff\xfe\x00\x81" * 8)
     assert main(["train", str(bad)]) == 1
-    assert f"config file {bad} cannot be read (UnicodeDecodeError" in _error(capsys)
+    assert f"config file {bad} cannot be read (UnicodeDecodeError" in one_error_line(capsys)
 
 
 def test_errors_come_before_the_model_is_built(cfg, capsys, monkeypatch):
@@ -101,4 +94,4 @@ def test_errors_come_before_the_model_is_built(cfg, capsys, monkeypatch):
     for override, message in BAD_SETTINGS:
         if message and not override.startswith("model.init_from"):
             assert main(["train", cfg, override]) == 1
-            assert message in _error(capsys)
+            assert message in one_error_line(capsys)

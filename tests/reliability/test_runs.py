@@ -21,19 +21,12 @@ from mmtune.model.bridge import MultimodalLM
 from mmtune.model.checkpoint import CHECKSUMS_FILE, WEIGHTS_FILE, load_checkpoint
 from mmtune.train.loop import train
 from mmtune.train.rundir import LOCK_FILE
+from tests.reliability.helpers import one_error_line
 from tests.tiny import write_asr_run
 
 
 def _train(cfg, *overrides) -> int:
     return main(["train", cfg, *overrides])
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _lock(out, pid: int) -> None:
@@ -52,7 +45,7 @@ def test_a_second_run_into_a_held_output_dir_is_refused_naming_the_holder(asr, c
     try:
         _lock(out, holder.pid)
         assert _train(cfg, "max_steps=1") == 1
-        assert f"is in use by another run (PID {holder.pid} on {socket.gethostname()}" in _error(capsys)
+        assert f"is in use by another run (PID {holder.pid} on {socket.gethostname()}" in one_error_line(capsys)
         assert not (out / "metrics.jsonl").exists()  # refused before anything was written
     finally:
         holder.kill()
@@ -74,7 +67,7 @@ def test_rerunning_into_a_finished_run_is_refused_and_keeps_it(asr, capsys):
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert _train(cfg, "max_steps=1") == 1
-    error = _error(capsys)
+    error = one_error_line(capsys)
     assert f"train.output_dir {out} holds another run (checkpoint-2, final, metrics.jsonl" in error
     assert "resume=auto" in error and "train.overwrite=true" in error
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -97,7 +90,7 @@ def test_resume_refuses_a_changed_setting_and_lists_it(asr, capsys):
     assert _train(cfg, "max_steps=2", "train.save_every=1") == 0
     capsys.readouterr()
     assert _train(cfg, "max_steps=4", "resume=auto", "lr=3e-4", "data.batch_size=2") == 1
-    error = _error(capsys)
+    error = one_error_line(capsys)
     assert "was trained with other settings: data.batch_size 4 -> 2, train.lr 0.001 -> 0.0003" in error
     assert "model.init_from=" in error
 
@@ -118,7 +111,7 @@ def test_resume_from_another_folders_checkpoint_into_a_run_is_refused(tmp_path, 
     assert _train(cfg, "max_steps=1", f"output_dir={tmp_path / 'b'}") == 0
     capsys.readouterr()
     assert _train(cfg, "max_steps=2", f"output_dir={tmp_path / 'b'}", f"resume={tmp_path / 'a' / 'checkpoint-1'}") == 1
-    assert "holds another run" in _error(capsys)
+    assert "holds another run" in one_error_line(capsys)
 
 
 def _nan_gradient_at(step: int, monkeypatch) -> None:
@@ -142,7 +135,7 @@ def test_nan_weights_are_never_saved_and_the_stop_names_a_finite_checkpoint(asr,
     cfg, out = asr
     _nan_gradient_at(3, monkeypatch)
     assert _train(cfg, "max_steps=6", "train.save_every=1") == 1
-    error = _error(capsys)
+    error = one_error_line(capsys)
     assert "the weights are not finite" in error and f"last good checkpoint: {out / 'checkpoint-2'}" in error
     assert not (out / "checkpoint-3").exists()
     model, _, _ = load_checkpoint(out / "checkpoint-2")
@@ -164,7 +157,7 @@ def test_a_flipped_byte_in_the_weights_is_an_error_naming_the_file(asr, capsys):
     weights = out / "final" / WEIGHTS_FILE
     _flip_a_tensor_byte(weights)
     assert main(["eval", "--checkpoint", str(out / "final"), "--data", str(out.parent / "eval.jsonl")]) == 1
-    assert f"{weights} is damaged or was replaced: its SHA-256 differs" in _error(capsys)
+    assert f"{weights} is damaged or was replaced: its SHA-256 differs" in one_error_line(capsys)
 
 
 def test_a_flipped_byte_in_the_optimizer_state_stops_a_resume(asr, capsys):
@@ -173,7 +166,7 @@ def test_a_flipped_byte_in_the_optimizer_state_stops_a_resume(asr, capsys):
     _flip_a_tensor_byte(out / "checkpoint-2" / "optimizer.safetensors")
     capsys.readouterr()
     assert _train(cfg, "max_steps=3", "resume=auto") == 1
-    assert "optimizer.safetensors is damaged or was replaced" in _error(capsys)
+    assert "optimizer.safetensors is damaged or was replaced" in one_error_line(capsys)
 
 
 def test_checksums_are_written_for_every_weights_file(asr):
@@ -214,7 +207,7 @@ def test_disk_full_while_saving_stops_naming_what_was_kept(asr, capsys, monkeypa
 
     monkeypatch.setattr(checkpoint_module, "save_file", save_file)
     assert _train(cfg, "max_steps=3", "train.save_every=1") == 1
-    error = _error(capsys)
+    error = one_error_line(capsys)
     assert f"cannot write checkpoint {out / 'checkpoint-2'}: No space left on device" in error
     assert f"last good checkpoint: {out / 'checkpoint-1'}" in error
     assert not list(out.glob(".*.tmp-*"))  # the partial folder went
@@ -225,19 +218,19 @@ def test_an_output_dir_that_cannot_be_written_fails_before_any_row_is_encoded(tm
     cfg = write_asr_run(tmp_path, tokenizer_dir)
     (tmp_path / "taken").write_text("a file, not a folder")
     assert _train(cfg, f"output_dir={tmp_path / 'taken' / 'run'}") == 1
-    assert "is not writable" in _error(capsys)
+    assert "is not writable" in one_error_line(capsys)
     assert not (tmp_path / ".mmtune_index").exists()  # no row was indexed, no model built
     if os.geteuid() != 0:  # root writes anywhere: a read-only folder stops only other users
         (tmp_path / "ro").mkdir(mode=0o555)
         assert _train(cfg, f"output_dir={tmp_path / 'ro' / 'run'}") == 1
-        assert "is not writable (Permission denied)" in _error(capsys)
+        assert "is not writable (Permission denied)" in one_error_line(capsys)
 
 
 def test_missing_data_is_named_before_the_model_is_built(tmp_path, tokenizer_dir, capsys):
     cfg = write_asr_run(tmp_path, tokenizer_dir)
     assert _train(cfg, "data.eval=nowhere.jsonl") == 1
     assert "data.eval: nowhere.jsonl does not exist (relative paths resolve against the config file's folder" \
-        in _error(capsys)
+        in one_error_line(capsys)
     assert not (tmp_path / "run").exists()
 
 
@@ -245,14 +238,14 @@ def test_max_length_over_a_learned_position_table(tmp_path, tokenizer_dir, capsy
     cfg = write_asr_run(tmp_path, tokenizer_dir)
     gpt2 = "{model_type: gpt2, n_embd: 32, n_layer: 1, n_head: 2, n_positions: 64, vocab_size: 300}"
     assert _train(cfg, f"model.llm.config={gpt2}", "data.max_length=100") == 1
-    assert "data.max_length: 100 is over the 64 positions of this LLM's learned position table" in _error(capsys)
+    assert "data.max_length: 100 is over the 64 positions of this LLM's learned position table" in one_error_line(capsys)
     assert not (tmp_path / ".mmtune_index").exists()
 
 
 def test_a_lora_target_module_that_does_not_exist(tmp_path, tokenizer_dir, capsys):
     cfg = write_asr_run(tmp_path, tokenizer_dir)
     assert _train(cfg, "model.llm.train=lora", "model.lora.target_modules=[qkv_proj]") == 1
-    error = _error(capsys)
+    error = one_error_line(capsys)
     assert "model.lora.target_modules: none of qkv_proj is in the llm (its linear layers: " in error
     assert "q_proj" in error
 
@@ -280,5 +273,5 @@ def test_a_token_budget_below_the_longest_sample(asr, capsys):
     cfg, out = asr
     for batching in ("padded", "packed"):
         assert _train(cfg, "data.max_tokens_per_batch=5", f"data.batching={batching}") == 1
-        assert "data.max_tokens_per_batch: 5 is below the longest sample's" in _error(capsys)
+        assert "data.max_tokens_per_batch: 5 is below the longest sample's" in one_error_line(capsys)
     assert not (out / "metrics.jsonl").exists()
