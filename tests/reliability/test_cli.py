@@ -126,7 +126,7 @@ def test_eval_creates_the_folders_of_its_output_files(capsys, checkpoint, clips,
 
 
 @pytest.mark.parametrize("flag", ["--json", "--predictions"])
-def test_an_eval_output_path_that_cannot_be_a_file_is_refused_before_therun_cli(capsys, clips, tmp_path, flag):
+def test_an_eval_output_path_that_cannot_be_a_file_is_refused_before_the_run(capsys, clips, tmp_path, flag):
     (tmp_path / "taken").write_text("a file where a folder must go")
     nowhere = tmp_path / "no-checkpoint"  # refused before the checkpoint is even read
     for path, says in ((tmp_path, "is a folder"), (tmp_path / "taken" / "eval.json", "is a file, so no folder")):
