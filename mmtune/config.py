@@ -49,6 +49,13 @@ def _check_at_least(owner, minimum: float, *keys: str, optional: bool = False) -
             raise ConfigError(f"{key}: must be >= {minimum:g}, got {value!r}")
 
 
+def _check_rates(owner) -> None:
+    """A part's own lr (> 0) and weight_decay (>= 0), where given."""
+    if owner.lr is not None:
+        _check_above(owner, "lr", 0)
+    _check_at_least(owner, 0, "weight_decay", optional=True)
+
+
 def _check_above(owner, key: str, minimum: float) -> None:
     value = getattr(owner, key)
     if not (isinstance(value, (int, float)) and value > minimum):
@@ -62,9 +69,12 @@ class ProjectorConfig:
     stack: int = 1  # stack: consecutive encoder frames concatenated into one token
     hidden_size: int | None = None  # inner width; default: the LLM's hidden size
     frozen: bool = False  # projectors train unless frozen
+    lr: float | None = None  # this projector's learning rate (default: train.lr)
+    weight_decay: float | None = None  # and weight decay (default: train.weight_decay)
 
     def __post_init__(self):
         _check_choice("type", self.type, ("linear", "mlp", "stack"))
+        _check_rates(self)
         if self.layers < 1:
             raise ConfigError(f"layers: must be >= 1, got {self.layers}")
         if self.stack < 1:
@@ -83,9 +93,12 @@ class TowerConfig:
     feature_layer: int = -2  # vision: hidden state fed to the projector (LLaVA: second to last)
     window_seconds: float = 30.0  # audio: longer clips are encoded in windows of at most this many seconds
     max_tiles: int = 1  # vision: > 1 cuts large images into up to this many tower-sized tiles + an overview
+    lr: float | None = None  # this tower's learning rate when it trains (default: train.lr)
+    weight_decay: float | None = None  # and weight decay (default: train.weight_decay)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
 
     def __post_init__(self):
+        _check_rates(self)
         if (self.path is None) == (self.config is None):
             raise ConfigError("give exactly one of `path` (checkpoint or hub id) or `config`")
         _check_choice("train", self.train, TRAIN_PLANS)
@@ -103,8 +116,11 @@ class LLMConfig:
     tokenizer: str | None = None  # default: `path`; required with `config`
     train: str = "lora"  # frozen | lora | full
     chat_template: str | None = None  # overrides the tokenizer's template (Jinja text)
+    lr: float | None = None  # the LLM's learning rate (default: train.lr)
+    weight_decay: float | None = None  # and weight decay (default: train.weight_decay)
 
     def __post_init__(self):
+        _check_rates(self)
         if (self.path is None) == (self.config is None):
             raise ConfigError("give exactly one of `path` (checkpoint or hub id) or `config`")
         if self.config is not None and self.tokenizer is None:
@@ -118,9 +134,14 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: Any = "all-linear"  # "all-linear" or a list of module names
+    use_dora: bool = False  # DoRA (Liu et al. 2024): a learned magnitude per output, LoRA on the direction
+    use_rslora: bool = False  # rsLoRA (Kalajdzievski 2023): scale alpha / sqrt(r) instead of alpha / r
+    loraplus_lr_ratio: float | None = None  # LoRA+ (Hayou et al. 2024): B matrices learn this many times faster (16)
 
     def __post_init__(self):
         _check_at_least(self, 1, "r")
+        if self.loraplus_lr_ratio is not None:
+            _check_above(self, "loraplus_lr_ratio", 0)
         _check_above(self, "alpha", 0)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: {self.dropout!r} is not a probability in [0, 1)")

@@ -157,7 +157,7 @@ def child(args: dict) -> dict:
     else:
         draws = Draws(dataset, collate_padded, tokenizer.pad_token_id, padded=True, workers=cfg.data.num_workers)
         batches = draw_batches(draws, PlanSampler(dataset.lengths, cfg.data, 0), cfg.data)
-    optimizer = build_optimizer(model, cfg.train)
+    optimizer = build_optimizer(model, cfg.train, cfg.model)
     model.train()
     wait = compute = 0.0
     first_step = None

@@ -23,7 +23,7 @@ def apply_plan(module: nn.Module, plan: str, lora: LoraConfig, part: str = "mode
             raise ConfigError(f"model.lora.target_modules: none of {', '.join(missing)} is in the {part} (its linear "
                               f"layers: {', '.join(linear)}); name some of those, or give all-linear")
     config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=lora.target_modules)
+                             target_modules=lora.target_modules, use_dora=lora.use_dora, use_rslora=lora.use_rslora)
     return peft.get_peft_model(module, config)
 
 

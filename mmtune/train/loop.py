@@ -83,7 +83,7 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path) -> dict:
         model.enable_activation_checkpointing()
     train_set, eval_set = _datasets(cfg, tokenizer, accelerator)
     length = RunLength.of(cfg, train_set, accelerator.num_processes)
-    optimizer = build_optimizer(model, cfg.train)
+    optimizer = build_optimizer(model, cfg.train, cfg.model)
     scheduler = build_scheduler(optimizer, cfg.train, length.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     best = Best(cfg.train.best_metric, cfg.train.early_stopping_patience) if cfg.train.best_metric else None
