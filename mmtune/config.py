@@ -17,7 +17,7 @@ import yaml
 
 from mmtune.errors import MmtuneError
 
-TRAIN_PLANS = ("frozen", "lora", "full")
+TRAIN_PLANS = ("frozen", "lora", "qlora", "full")  # qlora: 4-bit NF4 base (bitsandbytes) + LoRA
 DEFAULT_MAX_STEPS = 100  # a run's length when neither train.max_steps nor train.epochs is given
 GROUP_COLUMNS = ("voice", "speaker", "task", "language")  # eval.group_by's default, where the rows have them
 LOWER_IS_BETTER = ("loss", "wer", "cer")  # eval metrics; accuracy is the one where higher is better
@@ -89,7 +89,7 @@ class TowerConfig:
 
     path: str | None = None
     config: dict | None = None  # e.g. {model_type: whisper, d_model: 64, ...} for offline tiny models
-    train: str = "frozen"  # frozen | lora | full
+    train: str = "frozen"  # frozen | lora | qlora | full
     feature_layer: int = -2  # vision: hidden state fed to the projector (LLaVA: second to last)
     window_seconds: float = 30.0  # audio: longer clips are encoded in windows of at most this many seconds
     max_tiles: int = 1  # vision: > 1 cuts large images into up to this many tower-sized tiles + an overview
@@ -114,7 +114,7 @@ class LLMConfig:
     path: str | None = None
     config: dict | None = None  # e.g. {model_type: qwen2, hidden_size: 64, ...}
     tokenizer: str | None = None  # default: `path`; required with `config`
-    train: str = "lora"  # frozen | lora | full
+    train: str = "lora"  # frozen | lora | qlora | full
     chat_template: str | None = None  # overrides the tokenizer's template (Jinja text)
     lr: float | None = None  # the LLM's learning rate (default: train.lr)
     weight_decay: float | None = None  # and weight decay (default: train.weight_decay)
@@ -152,11 +152,25 @@ class LoraConfig:
 
 
 @dataclass
+class QuantConfig:
+    """The 4-bit base of parts with `train: qlora` (QLoRA, Dettmers et al. 2023)."""
+
+    quant_type: str = "nf4"  # nf4 (4-bit NormalFloat) | fp4
+    double_quant: bool = True  # quantize the per-block scales too (about 0.37 bits a parameter saved)
+    compute_dtype: str = "bfloat16"  # float32 | bfloat16 | float16: what the 4-bit weights are dequantized to
+
+    def __post_init__(self):
+        _check_choice("quant_type", self.quant_type, ("nf4", "fp4"))
+        _check_choice("compute_dtype", self.compute_dtype, ("float32", "bfloat16", "float16"))
+
+
+@dataclass
 class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     audio: TowerConfig | None = None
     vision: TowerConfig | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
+    quantization: QuantConfig = field(default_factory=QuantConfig)  # for parts with train: qlora
     attn_implementation: str = "auto"  # auto | flash_attention_2 | varlen | sdpa | eager
     dtype: str = "float32"  # float32 | bfloat16 | float16: weights of the base models
     init_seed: int = 0  # seed for parts built from a config (deterministic rebuilds)

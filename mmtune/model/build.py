@@ -24,6 +24,7 @@ from mmtune.model.bridge import MultimodalLM
 from mmtune.model.placeholders import window_frames
 from mmtune.model.plan import apply_plan, describe_parameters, freeze
 from mmtune.model.projector import build_projector
+from mmtune.model.quantize import dequantize_tensors
 from mmtune.model.tokenizer import load_tokenizer, placeholder_ids
 from mmtune.vision.tower import VisionTower
 
@@ -87,7 +88,7 @@ def _part_owner(model: MultimodalLM, part: str):
 
 
 def part_plans(cfg: ModelConfig) -> dict:
-    """{part: "frozen" | "lora" | "full"}, None for a tower the config does not have."""
+    """{part: "frozen" | "lora" | "qlora" | "full"}, None for a tower the config does not have."""
     return {"llm": cfg.llm.train, "audio_encoder": cfg.audio and cfg.audio.train,
             "vision_tower": cfg.vision and cfg.vision.train}
 
@@ -97,7 +98,7 @@ def apply_plans(model: MultimodalLM, cfg: ModelConfig) -> None:
     for part, plan in part_plans(cfg).items():
         owner, attr = _part_owner(model, part)
         if owner is not None:
-            setattr(owner, attr, apply_plan(getattr(owner, attr), plan, cfg.lora, part))
+            setattr(owner, attr, apply_plan(getattr(owner, attr), plan, cfg.lora, part, cfg.quantization))
     freeze(model.audio_projector, cfg.audio is not None and cfg.audio.projector.frozen)
     freeze(model.vision_projector, cfg.vision is not None and cfg.vision.projector.frozen)
 
@@ -115,15 +116,16 @@ def config_built_parts(cfg: ModelConfig) -> set[str]:
 
 
 def load_previous_stage(model: MultimodalLM, folder: str) -> set[str]:
-    """Load a previous stage's checkpoint into the raw parts (its LoRA merged); returns the parts it touched."""
+    """Load a previous stage's checkpoint into the raw parts (its LoRA merged, into a dequantized base after
+    qlora); returns the parts it touched."""
     from mmtune.model.checkpoint import WEIGHTS_FILE, read_model_config, read_weights
 
     prev = read_model_config(folder)
-    tensors = read_weights(Path(folder) / WEIGHTS_FILE)
+    tensors = dequantize_tensors(read_weights(Path(folder) / WEIGHTS_FILE))  # a qlora stage's base as float32
     wrapped = []
     for part, plan in part_plans(prev).items():
         owner, attr = _part_owner(model, part)
-        if plan == "lora" and owner is not None and any(k.startswith(part + ".") for k in tensors):
+        if plan in ("lora", "qlora") and owner is not None and any(k.startswith(part + ".") for k in tensors):
             setattr(owner, attr, apply_plan(getattr(owner, attr), "lora", prev.lora))
             wrapped.append((owner, attr))
     _load_checked(model, tensors, folder)

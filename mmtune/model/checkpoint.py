@@ -11,6 +11,7 @@ Folders are written atomically: into a temporary sibling first, then renamed int
 that are not finite (NaN, Inf) are never written: a checkpoint is always one to go back to.
 """
 
+import copy
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from mmtune.config import DataConfig, ModelConfig, from_dict, to_dict
 from mmtune.errors import CheckpointError
+from mmtune.model.quantize import dequantize_tensors, restore_4bit
 
 CONFIG_FILE = "mmtune_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -148,29 +150,46 @@ def _check_files(folder: Path) -> None:
                               f"mmtune checkpoint; pass OUTPUT_DIR/final or an OUTPUT_DIR/checkpoint-N folder")
 
 
-def load_checkpoint(folder: str | Path, device: str | None = None):
-    """-> (model, tokenizer, ModelConfig) rebuilt from the folder, on `device` (default CPU)."""
+def load_checkpoint(folder: str | Path, device: str | None = None, dequantize: bool = False):
+    """-> (model, tokenizer, ModelConfig) rebuilt from the folder, on `device` (default CPU).
+
+    dequantize: parts trained with qlora are rebuilt as lora over a float32 base (their 4-bit weights
+    dequantized), so their adapters can be merged (export); the ModelConfig returned says lora."""
     from mmtune.model.build import UnknownModelError, build_model
 
     folder = Path(folder)
     cfg = read_model_config(folder)
+    if dequantize:
+        cfg = dequantized_config(cfg)
     try:  # init_from="" : every weight a previous stage gave is in this folder, so it is not read again
         model, tokenizer = build_model(cfg, tokenizer_path=str(folder / TOKENIZER_DIR), device=device, init_from="")
     except UnknownModelError as e:  # the bad model type is in this folder's config file: name it
         raise UnknownModelError(f"{folder / CONFIG_FILE}: {e}") from None
     model.whole_parts |= set(_read_config(folder).get("whole_parts", []))
-    load_weights(model, folder / WEIGHTS_FILE)
+    load_weights(model, folder / WEIGHTS_FILE, dequantize=dequantize)
     if device is not None:
         model.to(device)
     model.eval()
     return model, tokenizer, cfg
 
 
-def load_weights(model, path: Path) -> None:
-    """Load the safetensors file into the rebuilt model, checking names and shapes first."""
+def dequantized_config(cfg: ModelConfig) -> ModelConfig:
+    """The same model with every `train: qlora` part as `lora` (a float32 base under the same adapters)."""
+    cfg = copy.deepcopy(cfg)
+    for part in (cfg.llm, cfg.audio, cfg.vision):
+        if part is not None and part.train == "qlora":
+            part.train = "lora"
+    return cfg
+
+
+def load_weights(model, path: Path, dequantize: bool = False) -> None:
+    """Load the safetensors file into the rebuilt model, checking names and shapes first. 4-bit base
+    weights (qlora) go back into the model's 4-bit layers, or with `dequantize` into float32 ones."""
+    tensors = read_weights(path)
+    if dequantize:
+        tensors = dequantize_tensors(tensors)
     state = model.state_dict()
     expected = set(saved_keys(model))
-    tensors = read_weights(path)
     unknown = sorted(set(tensors) - set(state))
     if unknown:
         raise CheckpointError(f"{path} holds {len(unknown)} tensors this model does not have (e.g. {unknown[0]}): "
@@ -183,7 +202,7 @@ def load_weights(model, path: Path) -> None:
     for key in sorted(tensors, key=lambda k: ("projector" not in k, k)):
         if tuple(tensors[key].shape) != tuple(state[key].shape):
             raise CheckpointError(_shape_message(path, key, tuple(tensors[key].shape), tuple(state[key].shape)))
-    model.load_state_dict(tensors, strict=False)
+    model.load_state_dict(restore_4bit(model, tensors), strict=False)  # 4-bit weights go in first, whole
 
 
 def read_weights(path: str | Path) -> dict:

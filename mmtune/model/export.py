@@ -33,7 +33,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Write the merged LLM, its tokenizer and the towers to `out_dir` (created); -> out_dir."""
     check_out_dir(checkpoint, out_dir)
     out = Path(out_dir).resolve()
-    model, tokenizer, _ = load_checkpoint(checkpoint)
+    model, tokenizer, _ = load_checkpoint(checkpoint, dequantize=True)  # a qlora base merges as float32
     llm = model.llm
     if isinstance(llm, peft.PeftModel):
         llm = llm.merge_and_unload()

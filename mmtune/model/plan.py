@@ -1,20 +1,28 @@
-"""What is trained, decided when the model is built: `frozen`, `lora` or `full` per part.
+"""What is trained, decided when the model is built: `frozen`, `lora`, `qlora` or `full` per part.
 
 LoRA goes through peft (`get_peft_model`), which wraps the base layers; nothing is patched.
+`qlora` first turns the part's linear layers into 4-bit ones (`mmtune.model.quantize`) and
+prepares it as peft recommends for k-bit training (everything frozen, half-precision norms
+and embeddings in float32), then adds LoRA.
 """
 
 import peft
 from torch import nn
 
-from mmtune.config import ConfigError, LoraConfig
+from mmtune.config import ConfigError, LoraConfig, QuantConfig
+from mmtune.model.quantize import quantize_4bit
 
 
-def apply_plan(module: nn.Module, plan: str, lora: LoraConfig, part: str = "model") -> nn.Module:
-    """Freeze, fully train, or LoRA-wrap `module` (`part` names it in errors); returns the module to use
-    in its place."""
+def apply_plan(module: nn.Module, plan: str, lora: LoraConfig, part: str = "model",
+               quantization: QuantConfig | None = None) -> nn.Module:
+    """Freeze, fully train, or (Q)LoRA-wrap `module` (`part` names it in errors); returns the module to
+    use in its place."""
     module.requires_grad_(plan == "full")
-    if plan != "lora":
+    if plan not in ("lora", "qlora"):
         return module
+    if plan == "qlora":
+        quantize_4bit(module, quantization or QuantConfig())
+        module = peft.prepare_model_for_kbit_training(module, use_gradient_checkpointing=False)
     if lora.target_modules != "all-linear":
         names = {name.rsplit(".", 1)[-1] for name, _ in module.named_modules()}
         missing = [m for m in lora.target_modules if m not in names]
