@@ -26,6 +26,7 @@ EPILOG = """examples:
   mmtune export --checkpoint runs/speech_digits/final --out exported/
   mmtune bench packing --json packing.json
   mmtune bench data --json data.json
+  mmtune bench methods --json methods.json                         LoRA, DoRA, rsLoRA, LoRA+, QLoRA, full
 """
 
 
@@ -474,7 +475,8 @@ def _run_export(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = _command(sub, "bench", "measure this machine: packing, long rows, audio encoder, features, data pipeline",
+    p = _command(sub, "bench", "measure this machine: packing, long rows, fine-tuning methods, audio encoder, "
+                               "features, data pipeline",
                  "Each benchmark runs its variants side by side in one process and prints (or --json writes) the\n"
                  "figures; BENCHMARKS.md holds the recorded ones.",
                  "  mmtune bench packing --json packing.json\n  mmtune bench data --sizes 2000 20000")
@@ -517,6 +519,26 @@ def _add_bench(sub) -> None:
     g.add_argument("--threads", type=_positive_int, help="torch CPU threads in each run")
     g.add_argument("--json", help=JSON_HELP)
     g.set_defaults(run=_run_bench, bench="long")
+    f = bsub.add_parser("methods", help="one LLM fine-tuned each way: trainable parameters, memory, s/step",
+                        formatter_class=HelpFormatter,
+                        description="One LLM fine-tuned each way mmtune offers, side by side.\n\n"
+                                    "Each method (lora, dora, rslora, loraplus, qlora, full) runs in a fresh process: "
+                                    "the preset's LLM\n(random weights; 0.5b has Qwen2.5-0.5B's sizes) built through "
+                                    "mmtune's plans, AdamW as training builds it, one\nwarm-up step, then --steps "
+                                    "steps on random sequences. Prints trainable parameters, the LLM's\nweight "
+                                    "memory as held (4-bit for qlora), the steps' peak memory (VmHWM; on CUDA\n"
+                                    "max_memory_allocated) and seconds per step.",
+                        epilog="examples:\n  mmtune bench methods --json methods.json\n"
+                               "  mmtune bench methods --preset tiny --methods lora qlora        a quick look")
+    f.add_argument("--preset", default="0.5b", choices=BENCH_METHOD_PRESETS, help="the LLM's sizes")
+    f.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=BENCH_METHODS, help="what to run")
+    f.add_argument("--tokens", type=_positive_int, default=128, help="tokens per sequence")
+    f.add_argument("--batch", type=_positive_int, default=2, help="sequences per step")
+    f.add_argument("--steps", type=_positive_int, default=2, help="optimizer steps measured (after one warm-up)")
+    f.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU)")
+    f.add_argument("--threads", type=_positive_int, help="torch CPU threads in each run")
+    f.add_argument("--json", help=JSON_HELP)
+    f.set_defaults(run=_run_bench, bench="methods")
     for name, help_text in (("packing", "padded vs packed training throughput on a realistic mix"),
                             ("audio-encoder", "variable-length vs 30 s-padded Whisper encoding of 5 s clips"),
                             ("features", "mmtune log-mel vs transformers' WhisperFeatureExtractor")):
@@ -555,6 +577,9 @@ def _add_bench(sub) -> None:
 
 
 JSON_HELP = "also write the result to this file (its folders are created)"
+# mmtune.bench.methods' METHODS and PRESETS, named here so `mmtune --help` needs no torch (a test holds them equal)
+BENCH_METHODS = ("lora", "dora", "rslora", "loraplus", "qlora", "full")
+BENCH_METHOD_PRESETS = ("tiny", "0.5b")
 
 
 def _whole_number(text: str, minimum: int = 0) -> int:
@@ -621,6 +646,11 @@ def _run_bench(args) -> int:
         from mmtune.bench.data import run
 
         result = run(sizes=args.sizes, steps=args.steps, workers=args.workers, eager_max=args.eager_max)
+    elif args.bench == "methods":
+        from mmtune.bench.methods import run
+
+        result = run(preset=args.preset, methods=args.methods, tokens=args.tokens, batch=args.batch,
+                     steps=args.steps, device=args.device, threads=args.threads)
     elif args.bench == "long":
         from mmtune.bench.long import run
 

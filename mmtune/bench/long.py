@@ -19,11 +19,10 @@ the measured lengths (they are linear in length). On CUDA the figures are max_me
 
 import json
 import sys
-import time
 
 import torch
 
-from mmtune.bench.report import run_child, status_kb
+from mmtune.bench.report import peak_of, run_child
 
 VOCAB = 151_936  # Qwen2.5's vocabulary (the 0.5b preset's LLM)
 SAMPLE_TOKENS = 1024  # tokens per packed sample
@@ -167,40 +166,20 @@ def _loss_alone(model, hidden: torch.Tensor, labels: torch.Tensor, mode: str) ->
     loss.backward()
 
 
-def _peak(fn, device: str) -> tuple[float, float]:
-    """(seconds, peak bytes above the memory in use before) of one call of fn."""
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = status_kb("self", "VmRSS") * 1024
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident size
-    start = time.perf_counter()
-    fn()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if cuda else status_kb("self", "VmHWM") * 1024
-    return seconds, peak - base
-
-
 def _measure(args: dict) -> dict:
     device, mode = args["device"], args["mode"]
     if args["threads"]:
         torch.set_num_threads(args["threads"])
     model = _model(args["hidden"], args["vocab"], device)
     batch = _batch(args["length"], args["vocab"], device)
-    seconds, peak = _peak(lambda: _step(model, batch, mode), device)
+    seconds, peak = peak_of(lambda: _step(model, batch, mode), device)
     out = {"peak_mb": peak / 2**20, "step_s": seconds, "tokens_per_s": args["length"] / seconds}
     if mode != "decoder":
         model.zero_grad(set_to_none=True)
         with torch.no_grad():
             hidden = _decoder_hidden(model, batch)
         hidden.requires_grad_()
-        _, loss_peak = _peak(lambda: _loss_alone(model, hidden, batch["labels"], mode), device)
+        _, loss_peak = peak_of(lambda: _loss_alone(model, hidden, batch["labels"], mode), device)
         out["loss_peak_mb"] = loss_peak / 2**20
     return out
 

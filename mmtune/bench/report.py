@@ -132,3 +132,24 @@ def status_kb(pid: int | str = "self", key: str = "VmRSS") -> int:
     except OSError:
         pass
     return 0
+
+
+def peak_of(fn, device: str) -> tuple[float, float]:
+    """(seconds, peak bytes above the memory in use before) of one call of fn: on the CPU the kernel's
+    high-water mark (VmHWM, reset first), on CUDA max_memory_allocated."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = status_kb("self", "VmRSS") * 1024
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+    start = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() if cuda else status_kb("self", "VmHWM") * 1024
+    return seconds, peak - base
