@@ -3,8 +3,8 @@
     ids, labels = render_conversation(tokenizer, messages, counts)
 
 The tokenizer's own chat template renders the text (media parts become `<|audio|>` /
-`<|image|>`); each assistant turn is found as the text its template adds after the generation
-prompt. Trained tokens: the assistant text plus its end-of-turn token, of every assistant turn
+`<|image|>`); each assistant answer is found where the template puts it in that rendering
+(`chat_segments`). Trained tokens: the assistant text plus its end-of-turn token, of every assistant turn
 (`train_on="all"`) or of the last one (`"last"`). Each placeholder then becomes exactly the
 number of tokens its encoder gives (`mmtune.model.placeholders`).
 
@@ -136,24 +136,60 @@ def _template(tokenizer, messages, generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
+ANSWER_MARK = "\U000F0000{}\U000F0001"  # stands in for one assistant answer while the template renders (plane-15 PUA)
+
+
 def chat_segments(tokenizer, messages: list[dict], train_on: str = "all",
                   special: SpecialTokens | None = None) -> list[tuple[str, bool]]:
-    """The rendered conversation as (text, is_assistant_answer) pieces, in order; special tokens in the
-    messages' text are refused, or stand as sentinels (`SpecialTokens`; default: refused)."""
+    """The rendered conversation as (text, is_assistant_answer) pieces, in order; joined, they are the
+    template's rendering of the whole conversation. Special tokens in the messages' text are refused,
+    or stand as sentinels (`SpecialTokens`; default: refused).
+
+    Each answer is found where the template puts it: the conversation is rendered once as it is and
+    once per assistant turn with that turn's content replaced by a mark; the text before the mark and
+    the text after it are the same in both, so the answer is what lies between them in the real
+    rendering, however the template renders it (an earlier turn without its <think> block, a role
+    named `model`, an injected system prompt or date, `{% generation %}` blocks). An answer piece ends
+    with the end-of-turn token that follows it, where the template writes one."""
     chat = text_messages(messages, special or SpecialTokens(tokenizer))
+    full = _template(tokenizer, chat, generation_prompt=False)
     answers = [i for i, m in enumerate(chat) if m["role"] == "assistant"]
     trained = set(answers if train_on == "all" else answers[-1:])
-    segments, done = [], ""
-    for i in answers:
-        prompt = _template(tokenizer, chat[:i], generation_prompt=True)
-        full = _template(tokenizer, chat[: i + 1], generation_prompt=False)
-        if not (prompt.startswith(done) and full.startswith(prompt)):
-            raise DataError("", "the chat template does not render turns as a growing prefix, so mmtune cannot "
-                                "find the assistant tokens; set model.llm.chat_template to one that does")
-        segments += [(prompt[len(done):], False), (full[len(prompt):], i in trained)]
-        done = full
-    rest = _template(tokenizer, chat, generation_prompt=False)[len(done):]
-    return [s for s in segments + [(rest, False)] if s[0]]
+    spans = [_answer_span(tokenizer, chat, i, full) for i in answers]  # (start, end) in `full`, in order
+    segments, done = [], 0
+    for (start, end), i in zip(spans, answers):
+        if start < done:
+            raise DataError("", "the chat template renders the assistant turns out of order, so mmtune cannot "
+                                "find their tokens; set model.llm.chat_template to one that keeps them in order")
+        stop = _end_of_turn(tokenizer, full, end)
+        segments += [(full[done:start], False), (full[start:stop], i in trained)]
+        done = stop
+    return [s for s in segments + [(full[done:], False)] if s[0]]
+
+
+def _answer_span(tokenizer, chat: list[dict], i: int, full: str) -> tuple[int, int]:
+    """(start, end) of assistant message i's rendered content in `full`, the whole rendering."""
+    mark = ANSWER_MARK.format(i)
+    marked = _template(tokenizer, chat[:i] + [{**chat[i], "content": mark}] + chat[i + 1:], generation_prompt=False)
+    at = marked.find(mark)
+    before, after = marked[:at], marked[at + len(mark):]
+    if at < 0 or not (full.startswith(before) and full.endswith(after) and len(before) + len(after) <= len(full)):
+        raise DataError("", f"the chat template does not render assistant turn {i} where its text goes (its "
+                            f"rendering changes around the answer), so mmtune cannot find the assistant tokens; "
+                            f"set model.llm.chat_template to one that does")
+    return len(before), len(full) - len(after)
+
+
+def _end_of_turn(tokenizer, full: str, end: int) -> int:
+    """Where the answer's piece ends: after the end-of-turn token the template writes right after the
+    answer (spaces and newlines between allowed), else at the answer's end."""
+    rest = full[end:]
+    gap = len(rest) - len(rest.lstrip(" \n"))
+    tokens = [t for t in END_OF_TURN + ((tokenizer.eos_token,) if tokenizer.eos_token else ()) if t]
+    for token in sorted(set(tokens), key=len, reverse=True):
+        if rest[gap:].startswith(token):
+            return end + gap + len(token)
+    return end
 
 
 def _answer_labels(ids: list[int], eot: set[int]) -> list[int]:

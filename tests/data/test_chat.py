@@ -77,7 +77,7 @@ def test_the_text_is_the_tokenizers_own_template(tokenizer):
 
 def test_segments_mark_only_assistant_answers(tokenizer):
     segments = chat_segments(tokenizer, TWO_TURNS, "last")
-    assert [text for text, trained in segments if trained] == ["zero seven eight<|im_end|>\n"]
+    assert [text for text, trained in segments if trained] == ["zero seven eight<|im_end|>"]
     assert "".join(text for text, _ in segments) == tokenizer.apply_chat_template(
         [{"role": m["role"], "content": "\n".join(p.get("text", "<|audio|>") for p in m["content"])}
          for m in TWO_TURNS], tokenize=False)
@@ -116,11 +116,11 @@ def test_placeholder_count_mismatches_are_errors(tokenizer):
         expand_placeholders(tokenizer, ids_of(tokenizer, "<|audio|><|audio|>"), [I, I], {"audio": [3]})
 
 
-def test_a_template_that_does_not_grow_by_prefix_is_refused(tokenizer_dir):
+def test_a_template_that_renders_turns_out_of_order_is_refused(tokenizer_dir):
     reversed_chat = ("{% for m in messages|reverse %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                      "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     tokenizer = load_tokenizer(tokenizer_dir, chat_template=reversed_chat)
-    with pytest.raises(DataError, match="does not render turns as a growing prefix"):
+    with pytest.raises(DataError, match="renders the assistant turns out of order"):
         render_conversation(tokenizer, TWO_TURNS, {"audio": [1], "image": []})
 
 
