@@ -155,9 +155,9 @@ def chat_segments(tokenizer, messages: list[dict], train_on: str = "all",
     full = _template(tokenizer, chat, generation_prompt=False)
     answers = [i for i, m in enumerate(chat) if m["role"] == "assistant"]
     trained = set(answers if train_on == "all" else answers[-1:])
-    spans = [_answer_span(tokenizer, chat, i, full) for i in answers]  # (start, end) in `full`, in order
+    spans = [(_answer_span(tokenizer, chat, i, full), i) for i in answers]  # (start, end) in `full`, in order
     segments, done = [], 0
-    for (start, end), i in zip(spans, answers):
+    for (start, end), i in [(span, i) for span, i in spans if span is not None]:  # a template may drop a turn
         if start < done:
             raise DataError("", "the chat template renders the assistant turns out of order, so mmtune cannot "
                                 "find their tokens; set model.llm.chat_template to one that keeps them in order")
@@ -167,13 +167,16 @@ def chat_segments(tokenizer, messages: list[dict], train_on: str = "all",
     return [s for s in segments + [(full[done:], False)] if s[0]]
 
 
-def _answer_span(tokenizer, chat: list[dict], i: int, full: str) -> tuple[int, int]:
-    """(start, end) of assistant message i's rendered content in `full`, the whole rendering."""
+def _answer_span(tokenizer, chat: list[dict], i: int, full: str) -> tuple[int, int] | None:
+    """(start, end) of assistant message i's rendered content in `full`, the whole rendering; None when
+    the template does not render it at all."""
     mark = ANSWER_MARK.format(i)
     marked = _template(tokenizer, chat[:i] + [{**chat[i], "content": mark}] + chat[i + 1:], generation_prompt=False)
     at = marked.find(mark)
+    if at < 0:
+        return None
     before, after = marked[:at], marked[at + len(mark):]
-    if at < 0 or not (full.startswith(before) and full.endswith(after) and len(before) + len(after) <= len(full)):
+    if not (full.startswith(before) and full.endswith(after) and len(before) + len(after) <= len(full)):
         raise DataError("", f"the chat template does not render assistant turn {i} where its text goes (its "
                             f"rendering changes around the answer), so mmtune cannot find the assistant tokens; "
                             f"set model.llm.chat_template to one that does")
