@@ -32,6 +32,7 @@ CONFIG_FILE = "mmtune_config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 CHECKSUMS_FILE = "checksums.json"
+EXPORT_MARKER = "mmtune_export.json"  # written by `mmtune export` into its output folder
 FORMAT_VERSION = 1
 
 
@@ -145,6 +146,12 @@ def _check_files(folder: Path) -> None:
         raise CheckpointError(f"checkpoint folder {folder} does not exist: pass a folder written by "
                               f"`mmtune train` (OUTPUT_DIR/final or OUTPUT_DIR/checkpoint-N)")
     missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR) if not (folder / n).exists()]
+    export = folder / EXPORT_MARKER
+    if missing and export.is_file():
+        source = json.loads(export.read_text()).get("checkpoint", "the checkpoint it was exported from")
+        raise CheckpointError(f"{folder} is an `mmtune export` (a plain transformers LLM, towers beside it), not an "
+                              f"mmtune checkpoint: transformers loads it (AutoModelForCausalLM.from_pretrained); "
+                              f"mmtune commands take the checkpoint it came from ({source})")
     if missing:
         raise CheckpointError(f"checkpoint folder {folder} lacks {', '.join(missing)}: it is not a complete "
                               f"mmtune checkpoint; pass OUTPUT_DIR/final or an OUTPUT_DIR/checkpoint-N folder")

@@ -20,9 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from mmtune.errors import MmtuneError
-from mmtune.model.checkpoint import load_checkpoint, replace_dir
+from mmtune.model.checkpoint import EXPORT_MARKER, load_checkpoint, replace_dir
 
-MARKER_FILE = "mmtune_export.json"  # says "this folder is an mmtune export": a later export may replace it
+MARKER_FILE = EXPORT_MARKER  # says "this folder is an mmtune export": a later export may replace it
 
 
 class ExportError(MmtuneError):
@@ -38,6 +38,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     if isinstance(llm, peft.PeftModel):
         llm = llm.merge_and_unload()
     llm.config.use_cache = True
+    set_generation_ids(llm, tokenizer)
     towers = {k: v.contiguous().clone() for k, v in model.state_dict().items() if not k.startswith("llm.")}
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
@@ -54,6 +55,22 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
         raise ExportError(f"--out {out_dir}: cannot write the export ({getattr(e, 'strerror', None) or e}); "
                           f"nothing was changed there") from None
     return Path(out_dir)
+
+
+def set_generation_ids(llm, tokenizer) -> None:
+    """The exported config and generation config name the tokenizer's end-of-turn tokens (plain
+    `generate` then stops where mmtune's does: at the template's end of turn or the eos), its pad and
+    bos tokens."""
+    from transformers import GenerationConfig
+
+    from mmtune.data.chat import end_of_turn_ids
+
+    stop = sorted(end_of_turn_ids(tokenizer))
+    ids = {"eos_token_id": stop[0] if len(stop) == 1 else stop, "pad_token_id": tokenizer.pad_token_id,
+           "bos_token_id": tokenizer.bos_token_id}
+    for key, value in ids.items():
+        setattr(llm.config, key, value)
+    llm.generation_config = GenerationConfig(**ids)
 
 
 def check_out_dir(checkpoint: str | Path, out_dir: str | Path) -> None:

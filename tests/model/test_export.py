@@ -95,3 +95,27 @@ def test_cli_export(tokenizer_dir, tmp_path, capsys):
     assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out" / "model.safetensors").is_file()
     assert main(["export", "--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out2")]) == 1
     assert "error: checkpoint folder" in capsys.readouterr().err
+
+
+def test_the_export_stops_plain_generate_at_the_end_of_turn(tokenizer_dir, tmp_path):
+    from transformers import GenerationConfig
+
+    from mmtune.data.chat import end_of_turn_ids
+    from mmtune.errors import CheckpointError
+    from mmtune.model.checkpoint import load_checkpoint
+
+    cfg = tiny_model_config(tokenizer_dir, llm_train="lora", tower_train="frozen")
+    trained_checkpoint(tokenizer_dir, tmp_path / "ckpt", cfg)
+    out = export_checkpoint(tmp_path / "ckpt", tmp_path / "out")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    stop = sorted(end_of_turn_ids(tokenizer))  # what mmtune's own generate stops at
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in stop
+    config = json.loads((out / "config.json").read_text())
+    as_list = lambda ids: ids if isinstance(ids, list) else [ids]  # noqa: E731  one id is written as an int
+    assert as_list(config["eos_token_id"]) == stop and config["pad_token_id"] == tokenizer.pad_token_id
+    generation = GenerationConfig.from_pretrained(out)  # what plain `generate` reads
+    assert as_list(generation.eos_token_id) == stop and generation.pad_token_id == tokenizer.pad_token_id
+    # mmtune commands take the checkpoint, and say so when given the export
+    with pytest.raises(CheckpointError, match=r"is an `mmtune export` .* transformers loads it .* mmtune commands "
+                                              r"take the checkpoint it came from \(.*ckpt\)"):
+        load_checkpoint(out)
