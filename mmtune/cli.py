@@ -415,7 +415,10 @@ def _run_data_check(args) -> int:
         from mmtune.data.encode import MediaSpec, SampleEncoder
         from mmtune.model.tokenizer import load_tokenizer
 
+        from mmtune.model.hub import check_sources
+
         cfg = load_config(args.config[0], args.config[1:])
+        check_sources(cfg.model)
         tokenizer = load_tokenizer(cfg.model.llm.tokenizer or cfg.model.llm.path, cfg.model.llm.chat_template)
         encoder = SampleEncoder(tokenizer, MediaSpec.from_config(cfg.model, cfg.data), cfg.data, train=True)
         max_length = cfg.data.max_length

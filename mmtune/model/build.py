@@ -21,6 +21,7 @@ from mmtune.config import ModelConfig, TowerConfig
 from mmtune.errors import CheckpointError, MmtuneError
 from mmtune.model.attention import resolve_backend, transformers_name, uses_packing_kwargs
 from mmtune.model.bridge import MultimodalLM
+from mmtune.model.hub import check_sources
 from mmtune.model.placeholders import window_frames
 from mmtune.model.plan import apply_plan, describe_parameters, freeze
 from mmtune.model.projector import build_projector
@@ -48,6 +49,7 @@ def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str
     (LoRA merged) into the raw parts before this stage's plans decide what trains.
     """
     init_from = cfg.init_from if init_from is None else (init_from or None)
+    check_sources(cfg)  # a hub id with no cache and no network: one error in seconds, not retries
     backend = resolve_backend(cfg.attn_implementation, device)
     attn = transformers_name(backend)
     dtype = DTYPES[cfg.dtype]
