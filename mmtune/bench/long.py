@@ -111,8 +111,7 @@ def _model(hidden: int, vocab: int, device: str):
                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
                                   max_position_embeddings=SAMPLE_TOKENS, tie_word_embeddings=True)
     llm = AutoModelForCausalLM.from_config(config, attn_implementation=register_varlen_attention())
-    model = MultimodalLM(llm, token_ids={}).to(device)
-    model.attn_kwargs_for_packing = True
+    model = MultimodalLM(llm, token_ids={}, attn_kwargs_for_packing=True).to(device)
     return model.train()
 
 

@@ -36,7 +36,8 @@ class MultimodalLM(nn.Module):
     def __init__(self, llm: nn.Module, token_ids: dict[str, int], audio_encoder: nn.Module | None = None,
                  audio_projector: nn.Module | None = None, vision_tower: nn.Module | None = None,
                  vision_projector: nn.Module | None = None, audio_stack: int = 1, audio_window: int = MAX_FRAMES,
-                 loss_chunk_elements: int = CHUNK_ELEMENTS):
+                 loss_chunk_elements: int = CHUNK_ELEMENTS, whole_parts: set[str] | None = None,
+                 attn_kwargs_for_packing: bool = False):
         super().__init__()
         self.llm = llm
         self.audio_encoder = audio_encoder
@@ -46,8 +47,9 @@ class MultimodalLM(nn.Module):
         self.audio_stack = audio_stack
         self.audio_window = audio_window  # mel frames per encoder window: longer clips are cut into windows
         self.token_ids = dict(token_ids)  # {"audio": id, "image": id}
-        self.attn_kwargs_for_packing = False  # set by build: hand cu_seqlens to varlen kernels
-        self.whole_parts = {"audio_projector", "vision_projector"}  # saved whole in checkpoints (set by build)
+        self.attn_kwargs_for_packing = attn_kwargs_for_packing  # hand cu_seqlens to varlen kernels
+        # parts saved whole in checkpoints: built from a config, or loaded from a previous stage
+        self.whole_parts = set(whole_parts) if whole_parts is not None else {"audio_projector", "vision_projector"}
         self.chunked_loss = head_is_plain(llm)  # else the LLM computes logits at supervised positions itself
         self.loss_chunk_elements = loss_chunk_elements  # logits (positions x vocabulary) per loss chunk
 

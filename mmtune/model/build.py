@@ -57,7 +57,20 @@ def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str
         _check_previous_stage(init_from)  # before its tokenizer is read: a bad folder is named as such
         tokenizer_path = tokenizer_path or str(Path(init_from) / "tokenizer")
     tokenizer = load_tokenizer(tokenizer_path or cfg.llm.tokenizer or cfg.llm.path, cfg.llm.chat_template)
-    torch.manual_seed(cfg.init_seed)
+    # parts built from a config (and LoRA's initial A matrices) draw from init_seed, in a fork of the global
+    # generator: what the caller seeded (train.seed: dropout, augmentation) is left as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        model = _build_parts(cfg, tokenizer, backend, attn, dtype)
+        if init_from is not None:
+            model.whole_parts |= load_previous_stage(model, init_from)
+        apply_plans(model, cfg)
+    log.info("attention backend: %s; %s", backend, describe_parameters(model))
+    return model, tokenizer
+
+
+def _build_parts(cfg: ModelConfig, tokenizer, backend: str, attn: str, dtype: torch.dtype) -> MultimodalLM:
+    """The LLM, towers and projectors as the config describes them (no plan applied yet)."""
     llm = build_llm(cfg, len(tokenizer), attn, dtype)
     audio = vision = audio_proj = vision_proj = None
     audio_window = MAX_FRAMES
@@ -68,15 +81,9 @@ def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str
     if cfg.vision is not None:
         vision = VisionTower(build_vision_model(cfg.vision, dtype, attn), cfg.vision.feature_layer)
         vision_proj = build_projector(cfg.vision.projector, vision.hidden_size, llm.config.hidden_size).to(dtype)
-    model = MultimodalLM(llm, placeholder_ids(tokenizer), audio, audio_proj, vision, vision_proj,
-                         audio_stack=cfg.audio.projector.stack if cfg.audio else 1, audio_window=audio_window)
-    model.whole_parts = config_built_parts(cfg)
-    if init_from is not None:
-        model.whole_parts |= load_previous_stage(model, init_from)
-    apply_plans(model, cfg)
-    model.attn_kwargs_for_packing = uses_packing_kwargs(backend)
-    log.info("attention backend: %s; %s", backend, describe_parameters(model))
-    return model, tokenizer
+    return MultimodalLM(llm, placeholder_ids(tokenizer), audio, audio_proj, vision, vision_proj,
+                        audio_stack=cfg.audio.projector.stack if cfg.audio else 1, audio_window=audio_window,
+                        whole_parts=config_built_parts(cfg), attn_kwargs_for_packing=uses_packing_kwargs(backend))
 
 
 # where each part's wrapped module lives: (owner attribute path, module attribute)

@@ -51,3 +51,18 @@ def test_parameter_line(tokenizer_dir):
     expected = sum(p.numel() for m in (model.audio_projector, model.vision_projector) for p in m.parameters())
     assert trainable == expected
     assert describe_parameters(model) == f"trainable: {trainable:,} / total: {total:,} ({100 * trainable / total:.2f}%)"
+
+
+def test_building_a_model_leaves_the_callers_random_state_alone(tokenizer_dir):
+    """init_seed decides the weights; train.seed (seeded before the build) still decides dropout and the rest."""
+    cfg = tiny_model_config(tokenizer_dir, llm_train="lora", tower_train="frozen")
+    draws, weights = [], []
+    for seed in (1, 2, 1):
+        torch.manual_seed(seed)
+        model, _ = build_model(cfg)
+        draws.append(torch.rand(4))
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    torch.manual_seed(1)
+    assert torch.equal(draws[0], torch.rand(4))  # as if no model had been built
+    assert torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[1])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the same model from init_seed
