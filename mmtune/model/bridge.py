@@ -30,6 +30,7 @@ class MultimodalOutput:
     loss: torch.Tensor | None = None  # loss_sum / num_tokens
     loss_sum: torch.Tensor | None = None  # summed token cross entropy
     num_tokens: int = 0  # supervised tokens in the batch
+    idle: tuple = ()  # under several processes: modalities whose trained parts only ran on a dummy input
 
 
 class MultimodalLM(nn.Module):
@@ -106,6 +107,30 @@ class MultimodalLM(nn.Module):
             embeds = self._scatter(embeds, input_ids == token_id, tokens, owner, modality, sources, sample_index)
         return embeds
 
+    def idle_parts(self, audio: bool, image: bool) -> tuple[str, ...]:
+        """The modalities ("audio", "image") whose trained tower or projector a batch without them leaves idle."""
+        idle = []
+        if not audio and self.audio_encoder is not None and _trains(self.audio_encoder, self.audio_projector):
+            idle.append("audio")
+        if not image and self.vision_tower is not None and _trains(self.vision_tower, self.vision_projector):
+            idle.append("image")
+        return tuple(idle)
+
+    def _anchor(self, idle: tuple[str, ...], embeds: torch.Tensor) -> torch.Tensor:
+        """0 x the output of each idle modality's tower and projector on a minimal dummy input (a zero clip
+        of one stacked token, a zero image): under DDP every process's step then uses every trained
+        parameter, whether its micro-batch has audio and images or not. Adds exactly 0."""
+        anchor = embeds.new_zeros(())
+        if "audio" in idle:
+            frames = 2 * self.audio_stack  # the encoder halves the frames: one stacked token
+            features = embeds.new_zeros((1, self.audio_encoder.encoder.config.num_mel_bins, frames))
+            lengths = torch.tensor([frames], device=embeds.device)
+            anchor = anchor + 0.0 * sum(t.sum() for t in self.audio_tokens(features, lengths))
+        if "image" in idle:
+            size = self.vision_tower.image_size
+            anchor = anchor + 0.0 * sum(t.sum() for t in self.image_tokens(embeds.new_zeros((1, 3, size, size))))
+        return anchor.to(embeds.dtype)
+
     def _require(self, modality: str, part: nn.Module | None) -> None:
         if part is None:
             raise ValueError(f"the batch has {modality} inputs but the model has no {modality} tower: "
@@ -137,6 +162,10 @@ class MultimodalLM(nn.Module):
                 max_seqlen=None, sources=None, **media) -> MultimodalOutput:
         sample_index = _segment_index(cu_seqlens, input_ids.shape[1]) if cu_seqlens is not None else None
         embeds = self.embed(input_ids, sources, sample_index=sample_index, **media)
+        idle = ()
+        if self.training and torch.is_grad_enabled() and _several_processes():
+            idle = self.idle_parts(media.get("audio_features") is not None, media.get("pixel_values") is not None)
+            embeds = embeds + self._anchor(idle, embeds)
         kwargs = {}
         if cu_seqlens is not None and self.attn_kwargs_for_packing:
             kwargs = dict(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens,
@@ -153,7 +182,7 @@ class MultimodalLM(nn.Module):
         loss_sum = self._loss_sum(embeds, keep, targets, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False, **kwargs)
         num_tokens = targets.numel()
-        return MultimodalOutput(loss=loss_sum / num_tokens, loss_sum=loss_sum, num_tokens=num_tokens)
+        return MultimodalOutput(loss=loss_sum / num_tokens, loss_sum=loss_sum, num_tokens=num_tokens, idle=idle)
 
     def _loss_sum(self, embeds, keep, targets, **llm_kwargs) -> torch.Tensor:
         """Summed cross entropy of the positions `keep` (B, T) against targets (N,), no (B, T, V) logits."""
@@ -194,3 +223,12 @@ def _segment_index(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     index = torch.repeat_interleave(torch.arange(len(lengths), device=cu_seqlens.device), lengths)
     return F.pad(index, (0, total - index.shape[0]), value=len(lengths) - 1)[None, :]
+
+
+def _several_processes() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
+        torch.distributed.get_world_size() > 1
+
+
+def _trains(*parts: nn.Module | None) -> bool:
+    return any(p.requires_grad for part in parts if part is not None for p in part.parameters())

@@ -46,6 +46,9 @@ from mmtune.train.tracker import Tracker, format_progress
 log = logging.getLogger("mmtune")
 
 
+IDLE_PARTS = {"audio": ("audio_encoder", "audio_projector"), "image": ("vision_tower", "vision_projector")}
+
+
 class TrainingError(MmtuneError):
     """The run had to stop (NaN loss, nothing to resume); the message says what was kept."""
 
@@ -222,6 +225,7 @@ class _Run:
         local = sum(_supervised(b["labels"]) for b in batches)
         total = int(self.acc.reduce(torch.tensor(local, device=self.acc.device), reduction="sum"))
         loss_sum = torch.zeros((), device=self.acc.device)
+        idle = None  # modalities idle (dummy input only) in every micro-batch of this process
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
             with (nullcontext() if last else self.acc.no_sync(self.model)), self.acc.autocast():
@@ -229,6 +233,9 @@ class _Run:
                 # DDP averages gradients over processes, so scale by their number to get a global token mean
                 self.acc.backward(out.loss_sum * self.acc.num_processes / total)
             loss_sum += out.loss_sum.detach()
+            idle = set(out.idle) if idle is None else idle & set(out.idle)
+        if self.acc.num_processes > 1:
+            self._skip_idle_parts(idle or set())
         loss = float(self.acc.reduce(loss_sum, reduction="sum")) / total
         if not math.isfinite(loss):
             kept = self.last_checkpoint or "none (no checkpoint was written yet)"
@@ -241,6 +248,18 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         return loss, sum(int(b["input_ids"].numel() if "attention_mask" not in b else b["attention_mask"].sum())
                          for b in batches)
+
+    def _skip_idle_parts(self, idle: set[str]) -> None:
+        """A tower and projector that saw no input on any process this step get no gradient (not a zero
+        one), so the optimizer skips them as it does in one process: N processes step as one does."""
+        flags = torch.tensor([m in idle for m in IDLE_PARTS], dtype=torch.float32, device=self.acc.device)
+        everywhere = self.acc.reduce(flags, reduction="sum") == self.acc.num_processes  # idle on every process
+        model = self.acc.unwrap_model(self.model)
+        for (modality, parts), skip in zip(IDLE_PARTS.items(), everywhere.tolist()):
+            if skip:
+                for part in (getattr(model, name) for name in parts):
+                    for p in (part.parameters() if part is not None else ()):
+                        p.grad = None
 
     def _micro_batch(self) -> dict:
         """The next micro-batch of this process (process r takes every r-th of the global plan); a batch
