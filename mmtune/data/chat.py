@@ -146,18 +146,21 @@ def chat_segments(tokenizer, messages: list[dict], train_on: str = "all",
     or stand as sentinels (`SpecialTokens`; default: refused).
 
     Each answer is found where the template puts it: the conversation is rendered once as it is and
-    once per assistant turn with that turn's content replaced by a mark; the text before the mark and
-    the text after it are the same in both, so the answer is what lies between them in the real
-    rendering, however the template renders it (an earlier turn without its <think> block, a role
-    named `model`, an injected system prompt or date, `{% generation %}` blocks). An answer piece ends
-    with the end-of-turn token that follows it, where the template writes one."""
+    once per assistant turn with that turn's content replaced by a mark; the text after the mark is the
+    same in both, and so is the text before it or the turn's generation prompt (`_answer_span`), so the
+    answer is what lies between, however the template renders it (an earlier turn without its <think>
+    block, the last with it, a role named `model`, an injected system prompt or date, `{% generation %}`
+    blocks). An answer piece ends with the end-of-turn token that follows it, where the template writes one."""
     chat = text_messages(messages, special or SpecialTokens(tokenizer))
     full = _template(tokenizer, chat, generation_prompt=False)
     answers = [i for i, m in enumerate(chat) if m["role"] == "assistant"]
     trained = set(answers if train_on == "all" else answers[-1:])
-    spans = [(_answer_span(tokenizer, chat, i, full), i) for i in answers]  # (start, end) in `full`, in order
     segments, done = [], 0
-    for (start, end), i in [(span, i) for span, i in spans if span is not None]:  # a template may drop a turn
+    for i in answers:
+        span = _answer_span(tokenizer, chat, i, full, done)  # (start, end) in `full`, or None: not rendered
+        if span is None:
+            continue
+        start, end = span
         if start < done:
             raise DataError("", "the chat template renders the assistant turns out of order, so mmtune cannot "
                                 "find their tokens; set model.llm.chat_template to one that keeps them in order")
@@ -167,15 +170,22 @@ def chat_segments(tokenizer, messages: list[dict], train_on: str = "all",
     return [s for s in segments + [(full[done:], False)] if s[0]]
 
 
-def _answer_span(tokenizer, chat: list[dict], i: int, full: str) -> tuple[int, int] | None:
-    """(start, end) of assistant message i's rendered content in `full`, the whole rendering; None when
-    the template does not render it at all."""
+def _answer_span(tokenizer, chat: list[dict], i: int, full: str, done: int) -> tuple[int, int] | None:
+    """(start, end) of what assistant message i says in `full`, the whole rendering; None when the
+    template does not render it at all. It starts where the generation prompt of turn i ends when that
+    prompt is a prefix of the rendering past the previous answer (so a reasoning block the template
+    builds from the content, as Qwen3's does for the last turns, is part of the answer), else where the
+    content goes; it ends where the content ends."""
     mark = ANSWER_MARK.format(i)
     marked = _template(tokenizer, chat[:i] + [{**chat[i], "content": mark}] + chat[i + 1:], generation_prompt=False)
     at = marked.find(mark)
     if at < 0:
         return None
     before, after = marked[:at], marked[at + len(mark):]
+    prompt = _template(tokenizer, chat[:i], generation_prompt=True)
+    end = len(full) - len(after)
+    if full.endswith(after) and full.startswith(prompt) and done <= len(prompt) <= end:
+        return len(prompt), end
     if not (full.startswith(before) and full.endswith(after) and len(before) + len(after) <= len(full)):
         raise DataError("", f"the chat template does not render assistant turn {i} where its text goes (its "
                             f"rendering changes around the answer), so mmtune cannot find the assistant tokens; "

@@ -73,10 +73,11 @@ def save_checkpoint(model, tokenizer, cfg: ModelConfig, folder: str | Path, extr
         sums = {p.name: file_sha256(p) for p in sorted(tmp.glob("*.safetensors"))}
         (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2))
         replace_dir(tmp, folder)
-    except OSError as e:  # disk full, quota, permissions: the partial folder goes, earlier checkpoints stay
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"cannot write checkpoint {folder}: {e.strerror or e}; the partial folder was "
-                              f"removed and earlier checkpoints are untouched") from None
+    except (OSError, SafetensorError) as e:  # disk full, quota, permissions (safetensors reports its own I/O
+        shutil.rmtree(tmp, ignore_errors=True)  # errors as SafetensorError): the partial folder goes
+        reason = getattr(e, "strerror", None) or str(e)
+        raise CheckpointError(f"cannot write checkpoint {folder}: {reason}; the partial folder was removed and "
+                              f"earlier checkpoints are untouched") from None
     return folder
 
 
@@ -85,8 +86,11 @@ class NonFiniteWeights(CheckpointError):
 
 
 def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for block in iter(lambda: f.read(1 << 22), b""):  # 4 MiB at a time (hashlib.file_digest is 3.11+)
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def verify_checksums(folder: Path, names) -> None:

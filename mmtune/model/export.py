@@ -66,11 +66,14 @@ def set_generation_ids(llm, tokenizer) -> None:
     from mmtune.data.chat import end_of_turn_ids
 
     stop = sorted(end_of_turn_ids(tokenizer))
-    ids = {"eos_token_id": stop[0] if len(stop) == 1 else stop, "pad_token_id": tokenizer.pad_token_id,
+    ids = {"eos_token_id": stop[0] if len(stop) == 1 else (stop or None), "pad_token_id": tokenizer.pad_token_id,
            "bos_token_id": tokenizer.bos_token_id}
-    for key, value in ids.items():
+    ids = {k: v for k, v in ids.items() if v is not None}
+    if llm.generation_config is None:
+        llm.generation_config = GenerationConfig()
+    for key, value in ids.items():  # the base model's sampling defaults (temperature, top_p, ...) stay
         setattr(llm.config, key, value)
-    llm.generation_config = GenerationConfig(**ids)
+        setattr(llm.generation_config, key, value)
 
 
 def check_out_dir(checkpoint: str | Path, out_dir: str | Path) -> None:

@@ -4,8 +4,9 @@
 
 A hub id (`org/name`) that is in the local Hugging Face cache is used from there. One that is not
 needs the hub: without it (no network, `HF_HUB_OFFLINE=1`) transformers would retry for about a
-minute and end in a traceback, so the hub's host is probed once with a short timeout first and an
-unreachable hub is a ConfigError naming the key and the three ways on.
+minute and end in a traceback, so the hub's host is probed once with a short timeout first (not
+behind a proxy, where only the proxy could tell) and an unreachable hub is a ConfigError naming the
+key and the three ways on.
 """
 
 import os
@@ -17,6 +18,7 @@ from mmtune.config import ConfigError, ModelConfig
 
 PROBE_SECONDS = 3.0  # how long the hub's host may take to accept a connection
 CACHED_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json")
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 def model_sources(cfg: ModelConfig) -> dict[str, str]:
@@ -53,6 +55,8 @@ def cached(repo: str) -> bool:
 
 def hub_unreachable() -> str | None:
     """Why the hub's host cannot be reached (within PROBE_SECONDS), or None when it can."""
+    if any(os.environ.get(k) for k in PROXY_VARIABLES):
+        return None  # the hub is reached through a proxy: a direct probe would say nothing
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     url = urlparse(endpoint)
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)

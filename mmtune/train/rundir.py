@@ -3,9 +3,9 @@
     with RunDir.claim(Path("runs/speech_digits"), resume=None, overwrite=False) as run_dir:
         ...                          # the folder is this run's until the block ends
 
-One run at a time: a lock file (`.mmtune.lock`: PID, host, start time) is created exclusively;
-a second run into the folder is refused with the holder's PID, and a lock left by a killed run
-(its PID gone on this host) is taken over. A folder that already holds a run's files is never
+One run at a time: the run holds an exclusive flock on `.mmtune.lock` (which names its PID, host
+and start time); a second run into the folder is refused with the holder's PID. The kernel drops
+the flock when the process ends, however it ends, so a killed run's lock is free to take. A folder that already holds a run's files is never
 silently reused: `resume` continues that run, `train.overwrite` deletes its checkpoints and
 records first, anything else is refused. Temporary folders of a checkpoint write that was
 killed (`.checkpoint-N.tmp-PID`, `.final.old-PID`) are removed when the folder is claimed.
@@ -15,7 +15,7 @@ A checkpoint records the run's whole config; a resume compares it with the confi
 recorded, every other change is refused with the list of keys.
 """
 
-import errno
+import fcntl
 import json
 import logging
 import os
@@ -33,9 +33,10 @@ LOCK_FILE = ".mmtune.lock"
 FINAL_DIR = "final"
 # what a run writes into output_dir besides its checkpoints (tracker, report, evaluation)
 RECORD_FILES = ("metrics.jsonl", "tb", "eval.json", "report.md", "curves.png", "predictions.jsonl")
-# settings a resumed run may change: they steer logging, evaluation, saving and the run's length, not the
-# updates already made (the schedule continues over the new length)
+# settings a resumed run may change: they steer logging, evaluation, saving, memory (exact recomputation)
+# and the run's length, not the updates already made (the schedule continues over the new length)
 RESUME_MAY_CHANGE = ("train.output_dir", "train.resume", "train.overwrite", "train.log_every", "train.eval_every",
+                     "train.gradient_checkpointing",
                      "train.save_every", "train.keep_last", "train.cpu_threads", "train.max_steps", "train.epochs",
                      "train.early_stopping_patience", "data.num_workers", "data.prefetch", "data.eval", "eval.",
                      "base_dir")
@@ -51,6 +52,7 @@ class RunDir:
     def __init__(self, out: Path):
         self.out = out
         self.lock = out / LOCK_FILE
+        self._fd: int | None = None  # the open lock file while this run holds it
 
     @classmethod
     def claim(cls, out: Path, resume: str | None, overwrite: bool) -> "RunDir":
@@ -94,33 +96,37 @@ class RunDir:
                               f"user can write to, e.g. output_dir=runs/NAME") from None
 
     def _lock(self) -> None:
-        """Create the lock file exclusively; take over one whose process is gone (a killed run)."""
+        """Hold an exclusive flock on `.mmtune.lock` for the run: the kernel drops it when the process ends,
+        however it ends, so the lock of a killed run (any host, any PID) is free to take."""
+        fd = os.open(self.lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            holder = _read_lock(self.lock)
+            raise RunDirError(f"train.output_dir {self.out} is in use by another run (PID {holder.get('pid', '?')} "
+                              f"on {holder.get('host', '?')}, since {holder.get('started', '?')}; it holds "
+                              f"{self.lock}): wait for it to end, or give another output_dir") from None
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _ in range(2):
-            try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_lock(self.lock)
-                if _alive(holder):
-                    raise RunDirError(f"train.output_dir {self.out} is in use by another run (PID {holder['pid']} "
-                                      f"on {holder['host']}, since {holder.get('started', '?')}): wait for it to "
-                                      f"end, or give another output_dir") from None
-                log.info("%s: the run that held it (PID %s) is gone; taking it over", self.out,
-                         holder.get("pid", "?"))
-                self.lock.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            return
-        raise RunDirError(f"{self.lock}: another run took the folder at the same moment; give another output_dir")
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(me).encode())
+        self._fd = fd
 
     def release(self) -> None:
-        holder = _read_lock(self.lock)
-        if holder.get("pid") == os.getpid():
+        fd, self._fd = self._fd, None
+        if fd is not None:
             self.lock.unlink(missing_ok=True)
+            os.close(fd)  # closing drops the flock
 
     def _remove_leftovers(self) -> None:
-        """Temporary folders of a checkpoint write that was killed: no live run writes here (we hold the lock)."""
+        """Temporary folders of a checkpoint write that was killed (no live run writes here: we hold the
+        lock). A kill between a replace's two renames leaves the previous folder only as `.NAME.old-PID`:
+        that one is put back, not removed."""
+        for old in self.out.glob(".*.old-*"):
+            name = old.name[1:].rsplit(".old-", 1)[0]
+            if not (self.out / name).exists():
+                log.info("restoring %s from %s, left by an interrupted checkpoint write", name, old.name)
+                old.rename(self.out / name)
         for path in list(self.out.glob(".*.tmp-*")) + list(self.out.glob(".*.old-*")):
             log.info("removing %s, left by a checkpoint write that was interrupted", path)
             shutil.rmtree(path, ignore_errors=True)
@@ -143,20 +149,6 @@ def _read_lock(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _alive(holder: dict) -> bool:
-    """Whether the lock's process still runs. On another host it cannot be checked: assume it does."""
-    pid = holder.get("pid")
-    if not isinstance(pid, int):
-        return False
-    if holder.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except OSError as e:
-        return e.errno == errno.EPERM  # exists, owned by another user
-    return True
 
 
 def checkpoints(out: Path) -> list[Path]:

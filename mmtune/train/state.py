@@ -47,7 +47,12 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, meta: dict) -> 
     for key, value in meta["scalars"].items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except ValueError as e:  # other parameter groups: a checkpoint of another version or another plan
+        raise CheckpointError(f"{path}: the optimizer state does not fit this run's parameter groups ({e}); it was "
+                              f"written by another mmtune version or plan: start a new run from its weights with "
+                              f"model.init_from={path.parent}") from None
 
 
 def rng_state() -> tuple[bytes, dict]:

@@ -103,3 +103,22 @@ def test_a_generation_prompt_under_each_family_ends_where_its_answer_starts(toke
         prompt = render_prompt(tokenizer, CHAT, COUNTS)
         assert prompt[-len(_ids(tokenizer, header)):].tolist() == _ids(tokenizer, header)
         assert torch.is_tensor(prompt)
+
+
+# as Qwen3's own: the turns after the last user message render their reasoning, taken from the content
+QWEN3_REASONING = QWEN3.replace(
+    "{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' + content + '<|im_end|>\n' -}}",
+    "{%- set reasoning = m.content.split('</think>')[0].split('<think>')[-1].strip('\n') if '</think>' in m.content "
+    "else '' -%}{{- '<|im_start|>assistant\n<think>\n' + reasoning + '\n</think>\n\n' + content + '<|im_end|>\n' -}}"
+).replace("{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' -}}{%- endif -%}",
+          "{{- '<|im_start|>assistant\n' -}}{%- endif -%}")
+
+
+def test_the_last_turns_reasoning_is_trained_where_qwen3_renders_it(tokenizer_dir):
+    assert QWEN3_REASONING != QWEN3
+    tokenizer = _tokenizer(tokenizer_dir, QWEN3_REASONING)
+    chat = [CHAT[0], message("assistant", "<think>three digits</think>\n\nthree one four"), CHAT[2],
+            message("assistant", "<think>\ncount them\n</think>\n\nzero seven eight")]
+    _, labels = render_conversation(tokenizer, chat, COUNTS)
+    assert supervised_runs(labels) == [_ids(tokenizer, "three one four<|im_end|>"),  # earlier: reasoning dropped
+                                       _ids(tokenizer, "<think>\ncount them\n</think>\n\nzero seven eight<|im_end|>")]

@@ -52,3 +52,12 @@ def test_a_missing_manifest_is_named_before_any_model_is_fetched(cfg, capsys, mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["train", cfg, *HUB_LLM, "data.train=nowhere.jsonl"]) == 1
     assert "data.train: nowhere.jsonl does not exist" in one_error_line(capsys)
+
+
+def test_behind_a_proxy_the_hub_is_not_probed_directly(monkeypatch):
+    from mmtune.model.hub import hub_unreachable
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert hub_unreachable() is not None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert hub_unreachable() is None  # only the proxy could tell: transformers goes through it

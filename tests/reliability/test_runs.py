@@ -39,24 +39,36 @@ def asr(tmp_path, tokenizer_dir):
     return write_asr_run(tmp_path, tokenizer_dir), tmp_path / "run"
 
 
+HOLD = """
+import fcntl, json, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "earlier"}).encode())
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
 def test_a_second_run_into_a_held_output_dir_is_refused_naming_the_holder(asr, capsys):
     cfg, out = asr
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    out.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
     try:
-        _lock(out, holder.pid)
+        assert holder.stdout.readline().strip() == "held"
         assert _train(cfg, "max_steps=1") == 1
-        assert f"is in use by another run (PID {holder.pid} on {socket.gethostname()}" in one_error_line(capsys)
+        error = one_error_line(capsys)
+        assert f"is in use by another run (PID {holder.pid} on {socket.gethostname()}" in error
+        assert str(out / LOCK_FILE) in error
         assert not (out / "metrics.jsonl").exists()  # refused before anything was written
     finally:
         holder.kill()
         holder.wait()
+    assert _train(cfg, "max_steps=1") == 0  # killed: the kernel dropped its lock
 
 
 def test_the_lock_of_a_killed_run_is_taken_over_and_released_at_the_end(asr):
     cfg, out = asr
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    _lock(out, gone.pid)
+    _lock(out, pid=1)  # a lock file a killed run (of any host, any PID: here PID 1) left, no flock on it
     assert _train(cfg, "max_steps=1") == 0
     assert (out / "final").is_dir() and not (out / LOCK_FILE).exists()
 
@@ -184,10 +196,18 @@ def test_weights_are_written_with_the_mode_of_their_siblings(asr):
     assert mode[WEIGHTS_FILE] == mode["mmtune_config.json"]
 
 
+def test_a_kill_between_the_renames_of_a_replace_puts_the_previous_folder_back(asr):
+    cfg, out = asr
+    assert _train(cfg, "max_steps=2", "train.save_every=1") == 0
+    (out / "final").rename(out / ".final.old-99999")  # killed after the old folder was moved aside
+    assert _train(cfg, "max_steps=3", "resume=auto") == 0
+    assert (out / "final").is_dir() and not list(out.glob(".*.old-*"))
+
+
 def test_leftovers_of_a_killed_checkpoint_write_are_removed_on_the_next_start(asr):
     cfg, out = asr
     assert _train(cfg, "max_steps=2", "train.save_every=1") == 0
-    for name in (".checkpoint-3.tmp-99999", ".final.old-99999"):
+    for name in (".checkpoint-3.tmp-99999", ".checkpoint-1.old-99999"):
         (out / name).mkdir()
         (out / name / WEIGHTS_FILE).write_bytes(b"partial")
     assert _train(cfg, "max_steps=3", "resume=auto") == 0
@@ -275,3 +295,20 @@ def test_a_token_budget_below_the_longest_sample(asr, capsys):
         assert _train(cfg, "data.max_tokens_per_batch=5", f"data.batching={batching}") == 1
         assert "data.max_tokens_per_batch: 5 is below the longest sample's" in one_error_line(capsys)
     assert not (out / "metrics.jsonl").exists()
+
+
+def test_a_checkpoint_of_another_versions_optimizer_groups_is_one_error_line(asr, capsys):
+    cfg, out = asr
+    assert _train(cfg, "max_steps=2", "train.save_every=1") == 0
+    state_file = out / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    groups = state["optimizer"]["param_groups"]
+    merged = {**groups[0], "params": [i for g in groups for i in g["params"]]}  # one group, as older versions had
+    state["optimizer"]["param_groups"], state["config"] = [merged], None
+    state_file.write_text(json.dumps(state))
+    sums = json.loads((out / "checkpoint-2" / CHECKSUMS_FILE).read_text())  # (trainer_state.json is not summed)
+    assert "trainer_state.json" not in sums
+    capsys.readouterr()
+    assert _train(cfg, "max_steps=3", "resume=auto") == 1
+    error = one_error_line(capsys)
+    assert "the optimizer state does not fit this run's parameter groups" in error and "model.init_from=" in error
