@@ -503,17 +503,14 @@ def _add_bench(sub) -> None:
                    help="largest size the eager pipeline is run at (0: never)")
     d.add_argument("--json", help=JSON_HELP)
     d.set_defaults(run=_run_bench, bench="data")
-    g = bsub.add_parser("long", help="memory and speed of one long packed row, 1k -> 32k tokens, plain vs chunked loss",
-                        formatter_class=HelpFormatter,
-                        description="Memory and speed of one long packed row, plain loss against the chunked one.\n\n"
-                                    "An LLM with Qwen2.5's 151,936-token vocabulary and a small hidden size trains one "
-                                    "packed row of each\nlength (1,024-token samples, every position supervised), each "
-                                    "run in a fresh process: peak memory of\nthe step (VmHWM above the resident size "
-                                    "before it; on CUDA max_memory_allocated), the loss's share\n(step minus the same "
-                                    "step without the output head) and tokens/s. The plain loss is skipped, and\n"
-                                    "extrapolated, where its logits would not fit in the memory available.",
-                        epilog="examples:\n  mmtune bench long --json long.json\n"
-                               "  mmtune bench long --lengths 1024 4096          a quicker look")
+    g = _command(bsub, "long", "memory and speed of one long packed row, 1k -> 32k tokens, plain vs chunked loss",
+                 "An LLM with Qwen2.5's 151,936-token vocabulary and a small hidden size trains one packed row of\n"
+                 "each length (1,024-token samples, every position supervised), each run in a fresh process: peak\n"
+                 "memory of the step (VmHWM above the resident size before it; on CUDA max_memory_allocated), the\n"
+                 "loss's share (step minus the same step without the output head) and tokens/s. The plain loss is\n"
+                 "skipped, and extrapolated, where its logits would not fit in the memory available.",
+                 "  mmtune bench long --json long.json\n"
+                 "  mmtune bench long --lengths 1024 4096          a quicker look")
     g.add_argument("--lengths", type=_positive_int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768],
                    help="tokens of the packed row")
     g.add_argument("--hidden", type=_hidden_size, default=64,
@@ -522,17 +519,14 @@ def _add_bench(sub) -> None:
     g.add_argument("--threads", type=_positive_int, help="torch CPU threads in each run")
     g.add_argument("--json", help=JSON_HELP)
     g.set_defaults(run=_run_bench, bench="long")
-    f = bsub.add_parser("methods", help="one LLM fine-tuned each way: trainable parameters, memory, s/step",
-                        formatter_class=HelpFormatter,
-                        description="One LLM fine-tuned each way mmtune offers, side by side.\n\n"
-                                    "Each method (lora, dora, rslora, loraplus, qlora, full) runs in a fresh process: "
-                                    "the preset's LLM\n(random weights; 0.5b has Qwen2.5-0.5B's sizes) built through "
-                                    "mmtune's plans, AdamW as training builds it, one\nwarm-up step, then --steps "
-                                    "steps on random sequences. Prints trainable parameters, the LLM's\nweight "
-                                    "memory as held (4-bit for qlora), the steps' peak memory (VmHWM; on CUDA\n"
-                                    "max_memory_allocated) and seconds per step.",
-                        epilog="examples:\n  mmtune bench methods --json methods.json\n"
-                               "  mmtune bench methods --preset tiny --methods lora qlora        a quick look")
+    f = _command(bsub, "methods", "one LLM fine-tuned each way: trainable parameters, memory, s/step",
+                 "Each method (lora, dora, rslora, loraplus, qlora, full) runs in a fresh process: the preset's LLM\n"
+                 "(random weights; 0.5b has Qwen2.5-0.5B's sizes) built through mmtune's plans, AdamW as training\n"
+                 "builds it, one warm-up step, then --steps steps on random sequences. Prints trainable parameters,\n"
+                 "the LLM's weight memory as held (4-bit for qlora), the steps' peak memory (VmHWM; on CUDA\n"
+                 "max_memory_allocated) and seconds per step.",
+                 "  mmtune bench methods --json methods.json\n"
+                 "  mmtune bench methods --preset tiny --methods lora qlora        a quick look")
     f.add_argument("--preset", default="0.5b", choices=BENCH_METHOD_PRESETS, help="the LLM's sizes")
     f.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=BENCH_METHODS, help="what to run")
     f.add_argument("--tokens", type=_positive_int, default=128, help="tokens per sequence")
