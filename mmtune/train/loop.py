@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, set_seed
+from accelerate.utils import broadcast, broadcast_object_list, set_seed
 
 from mmtune.collators import collate_packed, collate_padded
 from mmtune.config import Config, ConfigError, to_dict
@@ -64,10 +64,9 @@ def train(cfg: Config) -> dict:
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision),
                               cpu=not torch.cuda.is_available())
     out = Path(cfg.train.output_dir)
-    # the main process owns output_dir for the run; the others wait until it has claimed (or refused) it
-    run_dir = RunDir.claim(out, cfg.train.resume, cfg.train.overwrite) if accelerator.is_main_process else None
+    # the main process owns output_dir for the run; the others learn whether it claimed or refused it
+    run_dir = on_main(accelerator, lambda: RunDir.claim(out, cfg.train.resume, cfg.train.overwrite))
     try:
-        accelerator.wait_for_everyone()
         return _train(cfg, accelerator, out)
     finally:
         if run_dir is not None:
@@ -313,15 +312,17 @@ class _Run:
         if self.saved_step == step:
             return
         self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            folder = self.out / f"{CHECKPOINT_PREFIX}{step}"
+        folder = self.out / f"{CHECKPOINT_PREFIX}{step}"
+
+        def write():
             extra = training_files(step, self.optimizer, self.scheduler, self.position, self.train_set.encoder,
                                    self.best, config=to_dict(self.cfg), resumes=self.resumes)
             self._save(folder, extra)
-            self.last_checkpoint = folder
             prune_checkpoints(self.out, self.cfg.train.keep_last, keep=self.best.checkpoint if self.best else None)
+
+        on_main(self.acc, write)  # a failed write stops every process with its message
+        self.last_checkpoint = folder
         self.saved_step = step
-        self.acc.wait_for_everyone()
 
     def _save(self, folder: Path, extra: dict | None = None) -> None:
         """Write a checkpoint folder; weights that are not finite, or a failed write, stop the run naming
@@ -395,6 +396,25 @@ def _report_data(train_set: MultimodalDataset, eval_set: MultimodalDataset | Non
                  s["rows"], s["skipped"], s.get("truncated", 0), s["supervised_fraction"])
         for err in ds.skipped[:20]:
             log.warning("skipped %s", err)
+
+
+def on_main(accelerator: Accelerator, fn):
+    """Run fn on the main process (None elsewhere); every process then returns, or raises the main
+    process's MmtuneError with its message, so no process waits for one that has stopped."""
+    result, error = None, None
+    if accelerator.is_main_process:
+        try:
+            result = fn()
+        except MmtuneError as e:
+            error = e
+    if accelerator.num_processes > 1:
+        message = [None if error is None else (type(error).__name__, str(error))]
+        broadcast_object_list(message)  # from the main process to the others
+        if message[0] is not None and error is None:
+            error = TrainingError(message[0][1]) if message[0][0] == "TrainingError" else MmtuneError(message[0][1])
+    if error is not None:
+        raise error
+    return result
 
 
 def check_data_paths(cfg: Config) -> None:

@@ -45,3 +45,18 @@ def test_mixed_modality_batches_on_two_processes_match_one_process(tmp_path, tok
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]
     for step in one:
         assert abs(one[step] - two[step]) < 1e-5, (step, one[step], two[step])
+
+
+def test_a_run_the_main_process_refuses_stops_every_process_with_its_message(tmp_path, tokenizer_dir):
+    cfg = write_asr_run(tmp_path, tokenizer_dir)
+    train(load_config(cfg, ["max_steps=1", "eval.metrics=[loss]"]))  # the folder now holds a finished run
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmtune.cli", "train",
+           cfg, "max_steps=1"]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and all("holds another run" in e for e in errors), done.stderr[-2000:]
+    # the launcher prints its own summary of the failed children; no traceback runs through mmtune's code
+    assert not [line for line in done.stderr.splitlines() if 'File "' in line and "/mmtune/" in line]
