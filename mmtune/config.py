@@ -509,12 +509,17 @@ def _resolve_paths(cfg: Config) -> None:
             tower.path = resolve_path(cfg, tower.path)
     cfg.data.train, cfg.data.eval = resolve_path(cfg, cfg.data.train), resolve_path(cfg, cfg.data.eval)
     # (model.init_from may be written by an earlier stage still to run: the model build checks it)
-    paths = {"model.llm.path": m.llm.path, "model.llm.tokenizer": m.llm.tokenizer,
-             "model.audio.path": m.audio and m.audio.path, "model.vision.path": m.vision and m.vision.path}
-    for key, value in paths.items():
-        if value and not _could_be_hub_id(value) and not Path(value).exists():
+    for key, value in model_sources(m).items():
+        if not _could_be_hub_id(value) and not Path(value).exists():
             raise ConfigError(f"{key}: {value} does not exist (relative paths resolve against the config file's "
                               f"folder, {cfg.base_dir}); give a local folder, or a hub id such as Qwen/Qwen2.5-0.5B")
+
+
+def model_sources(m: ModelConfig) -> dict[str, str]:
+    """{config key: local path or hub id} of every part given by `path`, the tokenizer too."""
+    sources = {"model.llm.path": m.llm.path, "model.llm.tokenizer": m.llm.tokenizer,
+               "model.audio.path": m.audio and m.audio.path, "model.vision.path": m.vision and m.vision.path}
+    return {k: v for k, v in sources.items() if v}
 
 
 def _could_be_hub_id(value: str) -> bool:

@@ -14,18 +14,11 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mmtune.config import ConfigError, ModelConfig
+from mmtune.config import ConfigError, ModelConfig, model_sources
 
 PROBE_SECONDS = 3.0  # how long the hub's host may take to accept a connection
 CACHED_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json")
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-
-
-def model_sources(cfg: ModelConfig) -> dict[str, str]:
-    """{config key: path or hub id} of every part given by `path` (the tokenizer too)."""
-    sources = {"model.llm.path": cfg.llm.path, "model.llm.tokenizer": cfg.llm.tokenizer,
-               "model.audio.path": cfg.audio and cfg.audio.path, "model.vision.path": cfg.vision and cfg.vision.path}
-    return {k: v for k, v in sources.items() if v}
 
 
 def check_sources(cfg: ModelConfig) -> None:

@@ -254,7 +254,7 @@ class _Run:
         flags = torch.tensor([m in idle for m in IDLE_PARTS], dtype=torch.float32, device=self.acc.device)
         everywhere = self.acc.reduce(flags, reduction="sum") == self.acc.num_processes  # idle on every process
         model = self.acc.unwrap_model(self.model)
-        for (modality, parts), skip in zip(IDLE_PARTS.items(), everywhere.tolist()):
+        for parts, skip in zip(IDLE_PARTS.values(), everywhere.tolist()):
             if skip:
                 for part in (getattr(model, name) for name in parts):
                     for p in (part.parameters() if part is not None else ()):

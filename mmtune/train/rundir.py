@@ -1,18 +1,19 @@
 """A run's output_dir: who owns it, what is in it, which checkpoint a resume continues.
 
-    with RunDir.claim(Path("runs/speech_digits"), resume=None, overwrite=False) as run_dir:
-        ...                          # the folder is this run's until the block ends
+    run_dir = RunDir.claim(Path("runs/speech_digits"), resume=None, overwrite=False)
+    ...                              # the folder is this run's until run_dir.release()
 
 One run at a time: the run holds an exclusive flock on `.mmtune.lock` (which names its PID, host
 and start time); a second run into the folder is refused with the holder's PID. The kernel drops
-the flock when the process ends, however it ends, so a killed run's lock is free to take. A folder that already holds a run's files is never
-silently reused: `resume` continues that run, `train.overwrite` deletes its checkpoints and
-records first, anything else is refused. Temporary folders of a checkpoint write that was
-killed (`.checkpoint-N.tmp-PID`, `.final.old-PID`) are removed when the folder is claimed.
+the flock when the process ends, however it ends, so a killed run's lock is free to take. A
+folder that already holds a run's files is never silently reused: `resume` continues that run,
+`train.overwrite` deletes its checkpoints and records first, anything else is refused. Temporary
+folders of a checkpoint write that was killed (`.checkpoint-N.tmp-PID`, `.final.old-PID`) are
+removed (or, for a folder swapped out and not replaced, put back) when the folder is claimed.
 
 A checkpoint records the run's whole config; a resume compares it with the config given now
-(`config_changes`): settings that only steer logging, evaluation and saving are applied and
-recorded, every other change is refused with the list of keys.
+(`config_changes`): settings that only steer logging, evaluation, saving, memory and the run's
+length are applied and recorded, every other change is refused with the list of keys.
 """
 
 import fcntl
@@ -36,10 +37,9 @@ RECORD_FILES = ("metrics.jsonl", "tb", "eval.json", "report.md", "curves.png", "
 # settings a resumed run may change: they steer logging, evaluation, saving, memory (exact recomputation)
 # and the run's length, not the updates already made (the schedule continues over the new length)
 RESUME_MAY_CHANGE = ("train.output_dir", "train.resume", "train.overwrite", "train.log_every", "train.eval_every",
-                     "train.gradient_checkpointing",
-                     "train.save_every", "train.keep_last", "train.cpu_threads", "train.max_steps", "train.epochs",
-                     "train.early_stopping_patience", "data.num_workers", "data.prefetch", "data.eval", "eval.",
-                     "base_dir")
+                     "train.save_every", "train.keep_last", "train.cpu_threads", "train.gradient_checkpointing",
+                     "train.max_steps", "train.epochs", "train.early_stopping_patience", "data.num_workers",
+                     "data.prefetch", "data.eval", "eval.", "base_dir")
 
 
 class RunDirError(MmtuneError):
@@ -76,12 +76,6 @@ class RunDir:
             run_dir.release()
             raise
         return run_dir
-
-    def __enter__(self) -> "RunDir":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
     def _create(self) -> None:
         try:
