@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from mmtune import __version__
+from mmtune.config import NORMALIZERS
 from mmtune.errors import MmtuneError
 
 EPILOG = """examples:
@@ -122,10 +123,12 @@ def _run_train(args) -> int:
 def _add_eval(sub) -> None:
     p = _command(
         sub, "eval", "evaluate a checkpoint on a manifest (loss, WER, CER, accuracy)",
-        "WER/CER use the normalizer in mmtune.eval.metrics.normalize_text (lowercase, NFKC, punctuation\n"
-        "removed, whitespace collapsed); accuracy is exact match after the same normalization. Answers are\n"
-        "greedy. When the rows have a voice, speaker, task or language column, the metrics are also given\n"
-        "per value of it (--group-by picks the columns). Bad rows are skipped and counted.",
+        "WER/CER compare text after a normalizer (--normalizer): mmtune's own (lowercase, NFKC, punctuation\n"
+        "removed, whitespace collapsed; words kept as written), Whisper's English one (numbers as digits,\n"
+        "American spelling: the one published English Whisper WERs use) or Whisper's basic multilingual\n"
+        "one; accuracy is exact match after the same normalization. Answers are greedy (--num-beams for\n"
+        "beam search). When the rows have a voice, speaker, task or language column, the metrics are also\n"
+        "given per value of it (--group-by picks the columns). Bad rows are skipped and counted.",
         "  mmtune eval --checkpoint runs/speech_digits/final --data examples/speech_digits/data/eval.jsonl\n"
         "  mmtune eval --checkpoint runs/vision_digits/stage2/final --data eval.jsonl --metrics accuracy \\\n"
         "      --json eval.json --predictions predictions.jsonl")
@@ -144,6 +147,10 @@ def _add_eval(sub) -> None:
                    help="longest answer generated, in tokens (>= 1)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="samples per generation and loss batch (>= 1)")
     p.add_argument("--max-samples", type=_positive_int, help="evaluate the first N rows only, N >= 1 (default: all)")
+    p.add_argument("--normalizer", choices=NORMALIZERS, default="mmtune",
+                   help="text normalization before WER/CER/accuracy: mmtune, whisper_english (comparable to "
+                        "published English Whisper WERs), whisper_basic (published non-English ones)")
+    p.add_argument("--num-beams", type=_positive_int, default=1, help="1: greedy answers; more: beam search")
     p.set_defaults(run=_run_eval)
 
 
@@ -160,8 +167,10 @@ def _run_eval(args) -> int:
     dataset = MultimodalDataset.load(args.data, tokenizer, MediaSpec.from_config(model_cfg, data_cfg), data_cfg)
     group_by = None if args.group_by is None else [c for c in args.group_by.split(",") if c]
     metrics, records = evaluate(model, tokenizer, dataset, args.metrics, args.max_new_tokens,
-                                args.batch_size, args.max_samples, group_by=group_by)
+                                args.batch_size, args.max_samples, group_by=group_by,
+                                normalizer_name=args.normalizer, num_beams=args.num_beams)
     metrics["skipped"] = len(dataset.skipped)
+    metrics["normalizer"] = args.normalizer
     print(json.dumps(metrics, indent=2))  # printed first: a failed write below loses no result
     if args.json:
         with _writing("--json", args.json):
@@ -284,7 +293,7 @@ def _run_generate(args) -> int:
 
 def _add_transcribe(sub) -> None:
     p = _command(
-        sub, "transcribe", "transcribe audio files with a speech checkpoint (batched, greedy)",
+        sub, "transcribe", "transcribe audio files with a speech checkpoint (batched, greedy or beam search)",
         "Prints one line per file: PATH<TAB>TEXT, in the order given; a file that cannot be read gets an\n"
         "`error: PATH: ...` line on stderr instead (the others are still transcribed) and the exit status is 1.\n"
         "Files are read with soundfile (WAV, FLAC, OGG/Opus, MP3) and resampled to 16 kHz. A recording may be\n"
@@ -292,7 +301,9 @@ def _add_transcribe(sub) -> None:
         "windows, and the transcript may take 4 tokens a second (see --max-new-tokens). The model hears what\n"
         "it was trained on: the offline speech example's checkpoints know the ten digit words only: the main\n"
         "job's (runs/speech_digits/final) synthetic voices only, the one after examples/speech_digits/voices.yaml\n"
-        "(runs/speech_digits_voices/final) real people too, about 6 words in 10 of a voice it never heard.",
+        "(runs/speech_digits_voices/final) real people too, about 6 words in 10 of a voice it never heard.\n"
+        "A Whisper checkpoint (model.whisper) hears at most its encoder's window (30 s) per file and is\n"
+        "prompted with its language and task tokens; --num-beams 5 decodes as transformers' pipeline does.",
         "  mmtune transcribe --checkpoint runs/speech_digits/final clip1.wav clip2.flac\n"
         "  mmtune transcribe --checkpoint runs/speech_digits_voices/final my_voice.wav\n"
         "  mmtune transcribe --checkpoint runs/speech_digits/final recordings/*.ogg --batch-size 32 > out.tsv")
@@ -303,13 +314,15 @@ def _add_transcribe(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=16, help="clips transcribed together (>= 1)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=None,
                    help="longest transcript, in tokens (default: 32, or 4 a second of the longest clip)")
+    p.add_argument("--num-beams", type=_positive_int, default=1, help="1: greedy; more: beam search of that width")
     p.set_defaults(run=_run_transcribe)
 
 
 def _run_transcribe(args) -> int:
     predictor = _predictor(args.checkpoint, args.instruction)
     texts = predictor.transcribe(args.files, batch_size=args.batch_size, progress=len(args.files) > 16,
-                                 max_new_tokens=args.max_new_tokens, return_errors=True)
+                                 max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                                 return_errors=True)
     for path, text in zip(args.files, texts):
         if isinstance(text, MmtuneError):  # a DataError naming the file: "PATH: what is wrong"
             print(f"error: {text}", file=sys.stderr)

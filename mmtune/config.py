@@ -22,6 +22,7 @@ DEFAULT_MAX_STEPS = 100  # a run's length when neither train.max_steps nor train
 GROUP_COLUMNS = ("voice", "speaker", "task", "language")  # eval.group_by's default, where the rows have them
 LOWER_IS_BETTER = ("loss", "wer", "cer")  # eval metrics; accuracy is the one where higher is better
 EVAL_METRICS = LOWER_IS_BETTER + ("accuracy",)
+NORMALIZERS = ("mmtune", "whisper_english", "whisper_basic")  # eval.normalizer (mmtune.eval.metrics)
 # names other trainers use for a key, so a config written for them is told the key mmtune calls it
 KEY_ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "gradient_accumulation_steps": "grad_accum",
                "lr_scheduler_type": "schedule", "save_steps": "save_every", "eval_steps": "eval_every",
@@ -164,9 +165,43 @@ class QuantConfig:
         _check_choice("compute_dtype", self.compute_dtype, ("float32", "bfloat16", "float16"))
 
 
+WHISPER_PLANS = ("frozen", "lora", "full")
+ENCODER_INPUTS = ("padded", "real")
+
+
+@dataclass
+class WhisperModelConfig:
+    """Whisper's own encoder-decoder (`WhisperForConditionalGeneration`), the other model kind beside the bridge."""
+
+    path: str | None = None  # a Whisper checkpoint folder or hub id, e.g. openai/whisper-small
+    config: dict | None = None  # or a transformers WhisperConfig as a dict (offline tiny models)
+    tokenizer: str | None = None  # default: `path`; required with `config`
+    encoder: str = "frozen"  # frozen | lora | full
+    decoder: str = "lora"  # frozen | lora | full
+    language: str | None = "en"  # the decoder prompt's language (rows may give their own `language`); None: none
+    task: str = "transcribe"  # transcribe | translate (into English)
+    encoder_input: str = "padded"  # padded: every clip padded to the encoder's window (30 s), as Whisper was
+    #                                trained; real: the encoder runs on the clip's real frames only (faster)
+    lr: float | None = None  # the encoder's and decoder's learning rate (default: train.lr)
+    weight_decay: float | None = None  # and weight decay (default: train.weight_decay)
+
+    def __post_init__(self):
+        _check_rates(self)
+        if (self.path is None) == (self.config is None):
+            raise ConfigError("give exactly one of `path` (checkpoint or hub id) or `config`")
+        if self.config is not None and self.tokenizer is None:
+            raise ConfigError("tokenizer: a Whisper model built from `config` needs a Whisper tokenizer folder, "
+                              "e.g. examples/whisper_digits/tokenizer")
+        _check_choice("encoder", self.encoder, WHISPER_PLANS)
+        _check_choice("decoder", self.decoder, WHISPER_PLANS)
+        _check_choice("task", self.task, ("transcribe", "translate"))
+        _check_choice("encoder_input", self.encoder_input, ENCODER_INPUTS)
+
+
 @dataclass
 class ModelConfig:
-    llm: LLMConfig = field(default_factory=LLMConfig)
+    llm: LLMConfig | None = None  # the bridge: towers -> projectors -> this causal LLM
+    whisper: WhisperModelConfig | None = None  # or Whisper's own encoder-decoder
     audio: TowerConfig | None = None
     vision: TowerConfig | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -180,6 +215,17 @@ class ModelConfig:
         _check_choice("attn_implementation", self.attn_implementation,
                       ("auto", "flash_attention_2", "varlen", "sdpa", "eager"))
         _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if (self.llm is None) == (self.whisper is None):
+            raise ConfigError("llm: give exactly one of model.llm (a causal LLM, with towers bridged into it) or "
+                              "model.whisper (Whisper's own encoder-decoder)" + (", not both" if self.llm else ""))
+        if self.whisper is not None and (self.audio or self.vision):
+            raise ConfigError("whisper: a Whisper model has its own encoder; remove model.audio / model.vision "
+                              "(they belong to the bridge, model.llm)")
+
+    @property
+    def kind(self) -> str:
+        """"bridge" (towers + projectors + a causal LLM) or "whisper" (the encoder-decoder)."""
+        return "whisper" if self.whisper is not None else "bridge"
 
 
 @dataclass
@@ -331,9 +377,12 @@ class EvalConfig:
     batch_size: int = 16
     metrics: list = field(default_factory=lambda: ["loss"])  # loss, wer, cer, accuracy
     group_by: list | None = None  # manifest columns to score by, e.g. [voice]; default: those of GROUP_COLUMNS present
+    normalizer: str = "mmtune"  # text normalization before WER/CER: mmtune | whisper_english | whisper_basic
+    num_beams: int = 1  # 1: greedy generation; more: beam search
 
     def __post_init__(self):
-        _check_at_least(self, 1, "max_new_tokens", "batch_size")
+        _check_at_least(self, 1, "max_new_tokens", "batch_size", "num_beams")
+        _check_choice("normalizer", self.normalizer, NORMALIZERS)
         _check_at_least(self, 1, "max_samples", optional=True)
         unknown = [m for m in self.metrics if m not in EVAL_METRICS]
         if unknown or not self.metrics:
@@ -350,6 +399,9 @@ class Config:
     base_dir: str = "."  # folder of the YAML file; relative paths in it resolve here
 
     def __post_init__(self):
+        if self.model.kind == "whisper" and self.data.batching != "padded":
+            raise ConfigError("data.batching: a Whisper model takes padded batches (its decoder attends to one clip "
+                              "per row); set data.batching: padded")
         best = self.train.best_metric
         if best is not None and best not in self.eval.metrics:
             raise ConfigError(f"train.best_metric: {best!r} is not measured; add it to eval.metrics "
@@ -502,7 +554,9 @@ def _resolve_paths(cfg: Config) -> None:
     """Relative paths in the file resolve against the file's folder (hub ids stay as they are); a model
     or tokenizer path that can only be local (not a hub id) must exist."""
     m = cfg.model
-    m.llm.path, m.llm.tokenizer = resolve_path(cfg, m.llm.path), resolve_path(cfg, m.llm.tokenizer)
+    for part in (m.llm, m.whisper):
+        if part is not None:
+            part.path, part.tokenizer = resolve_path(cfg, part.path), resolve_path(cfg, part.tokenizer)
     m.init_from = resolve_path(cfg, m.init_from)
     for tower in (m.audio, m.vision):
         if tower is not None:
@@ -517,7 +571,9 @@ def _resolve_paths(cfg: Config) -> None:
 
 def model_sources(m: ModelConfig) -> dict[str, str]:
     """{config key: local path or hub id} of every part given by `path`, the tokenizer too."""
-    sources = {"model.llm.path": m.llm.path, "model.llm.tokenizer": m.llm.tokenizer,
+    sources = {"model.llm.path": m.llm and m.llm.path, "model.llm.tokenizer": m.llm and m.llm.tokenizer,
+               "model.whisper.path": m.whisper and m.whisper.path,
+               "model.whisper.tokenizer": m.whisper and m.whisper.tokenizer,
                "model.audio.path": m.audio and m.audio.path, "model.vision.path": m.vision and m.vision.path}
     return {k: v for k, v in sources.items() if v}
 

@@ -37,42 +37,48 @@ class AudioEncoder(nn.Module):
         return self.encoder.config._attn_implementation in PACKED_ATTENTION
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (A, n_mels, F) zero-padded, lengths (A,) mel frames -> ((A, T, C), (A,) encoder frames).
+        """features (A, n_mels, F) zero-padded, lengths (A,) mel frames -> ((A, T, C), (A,) encoder frames)."""
+        return encode_real_frames(self.encoder, features, lengths, self.training)
 
-        Frames past a clip's length are zeros on the packed path and unspecified on the padded one.
-        """
-        enc = self.encoder
-        if features.shape[-1] > self.max_frames:
-            raise ValueError(f"an audio clip has {features.shape[-1]} mel frames; the encoder takes at most "
-                             f"{self.max_frames} ({self.max_frames // 100} s): cut long audio into shorter clips")
-        features = features.to(enc.conv1.weight.dtype)
-        lengths = lengths.to(features.device)
-        frames = torch.arange(features.shape[-1], device=features.device)
-        x = F.gelu(enc.conv1(features))  # (A, n_mels, F) -> (A, C, F)
-        x = x * (frames[None, :] < lengths[:, None]).unsqueeze(1).to(x.dtype)  # zero the padding frames
-        x = F.gelu(enc.conv2(x))  # (A, C, F) -> (A, C, T), T = ceil(F / 2)
-        x = x.transpose(1, 2)  # (A, C, T) -> (A, T, C)
-        out_lengths = whisper_encoder_frames(lengths)  # (A,) encoder frames, computed on the device
-        x = x + enc.embed_positions.weight[: x.shape[1]]
-        x = F.dropout(x, p=enc.dropout, training=self.training)
-        if self.packed:
-            return self._packed_layers(x, out_lengths), out_lengths
-        mask = padding_mask(out_lengths, x.shape[1], x.dtype)
-        for layer in enc.layers:
-            x = layer(x, mask)
-        return enc.layer_norm(x), out_lengths
 
-    def _packed_layers(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(A, T, C) padded, (A,) real frames -> (A, T, C): the layers run on the real frames only."""
-        keep = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (A, T)
-        row = x[keep][None]  # (A, T, C) -> (1, sum T_i, C), clip after clip
-        cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))  # (A + 1,)
-        longest = int(lengths.max())
-        kwargs = dict(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=longest, max_length_k=longest)
-        for layer in self.encoder.layers:
-            row = layer(row, None, **kwargs)  # kwargs reach the attention function through WhisperAttention
-        row = self.encoder.layer_norm(row)
-        return x.new_zeros(x.shape).masked_scatter(keep.unsqueeze(-1), row)  # (1, sum T_i, C) -> (A, T, C)
+def encode_real_frames(enc: nn.Module, features: torch.Tensor, lengths: torch.Tensor,
+                       training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A WhisperEncoder's modules on each clip's real frames (see the module docstring):
+    features (A, n_mels, F), lengths (A,) -> ((A, T, C), (A,) encoder frames). Frames past a clip's
+    length are zeros on the packed path and unspecified on the padded one."""
+    max_frames = enc.config.max_source_positions * 2  # mel frames (3000 = 30 s)
+    if features.shape[-1] > max_frames:
+        raise ValueError(f"an audio clip has {features.shape[-1]} mel frames; the encoder takes at most "
+                         f"{max_frames} ({max_frames // 100} s): cut long audio into shorter clips")
+    features = features.to(enc.conv1.weight.dtype)
+    lengths = lengths.to(features.device)
+    frames = torch.arange(features.shape[-1], device=features.device)
+    x = F.gelu(enc.conv1(features))  # (A, n_mels, F) -> (A, C, F)
+    x = x * (frames[None, :] < lengths[:, None]).unsqueeze(1).to(x.dtype)  # zero the padding frames
+    x = F.gelu(enc.conv2(x))  # (A, C, F) -> (A, C, T), T = ceil(F / 2)
+    x = x.transpose(1, 2)  # (A, C, T) -> (A, T, C)
+    out_lengths = whisper_encoder_frames(lengths)  # (A,) encoder frames, computed on the device
+    x = x + enc.embed_positions.weight[: x.shape[1]]
+    x = F.dropout(x, p=enc.dropout, training=training)
+    if enc.config._attn_implementation in PACKED_ATTENTION:
+        return _packed_layers(enc, x, out_lengths), out_lengths
+    mask = padding_mask(out_lengths, x.shape[1], x.dtype)
+    for layer in enc.layers:
+        x = layer(x, mask)
+    return enc.layer_norm(x), out_lengths
+
+
+def _packed_layers(enc: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(A, T, C) padded, (A,) real frames -> (A, T, C): the layers run on the real frames only."""
+    keep = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (A, T)
+    row = x[keep][None]  # (A, T, C) -> (1, sum T_i, C), clip after clip
+    cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))  # (A + 1,)
+    longest = int(lengths.max())
+    kwargs = dict(cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens, max_length_q=longest, max_length_k=longest)
+    for layer in enc.layers:
+        row = layer(row, None, **kwargs)  # kwargs reach the attention function through WhisperAttention
+    row = enc.layer_norm(row)
+    return x.new_zeros(x.shape).masked_scatter(keep.unsqueeze(-1), row)  # (1, sum T_i, C) -> (A, T, C)
 
 
 def padding_mask(lengths: torch.Tensor, total: int, dtype: torch.dtype) -> torch.Tensor | None:

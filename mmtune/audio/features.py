@@ -80,6 +80,16 @@ def windowed_log_mel(waveform, n_mels: int = 80, window: int = MAX_FRAMES) -> to
     return torch.cat(parts, dim=-1)  # (n_mels, sum of n_i // 160) = (n_mels, n // 160): windows are whole hops
 
 
+def padded_log_mel(waveform, n_mels: int = 80, frames: int = MAX_FRAMES) -> torch.Tensor:
+    """Log-mel of one clip (n,) zero-padded to `frames` x 160 samples first, as WhisperFeatureExtractor pads
+    every clip to its 30 s chunk: (n_mels, frames), the same numbers as the extractor's (a window of
+    chunk_length = frames / 100 s). The clip must fit: n <= frames x 160."""
+    total = frames * HOP_LENGTH
+    if len(waveform) > total:
+        raise ValueError(f"a clip of {len(waveform)} samples does not fit a window of {frames} frames ({total} samples)")
+    return log_mel_spectrogram(np.pad(np.asarray(waveform, dtype=np.float32), (0, total - len(waveform))), n_mels)
+
+
 def _as_batch(waveform, lengths, device) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 samples (B, n) on `device` and lengths (B,) int64, checked against n."""
     x = torch.as_tensor(waveform).to(device=device, dtype=torch.float32)

@@ -20,12 +20,13 @@ import torch
 from transformers import AutoConfig
 
 from mmtune.audio.augment import add_noise, band_limit, reverberate, spec_augment, speed_perturb
-from mmtune.audio.features import FRAMES_PER_SECOND, HOP_LENGTH, MAX_FRAMES, windowed_log_mel
+from mmtune.audio.features import FRAMES_PER_SECOND, HOP_LENGTH, MAX_FRAMES, padded_log_mel, windowed_log_mel
 from mmtune.audio.io import SAMPLE_RATE, check_duration, load_audio, num_samples
 from mmtune.config import DataConfig, ModelConfig
 from mmtune.data.chat import SpecialTokens, render_conversation, render_prompt, truncate
 from mmtune.data.example import IGNORE_INDEX, Example
 from mmtune.data.formats import Sample
+from mmtune.data.transcript import TranscriptSpec, prompt_ids, render_transcript, transcript_parts
 from mmtune.errors import DataError, MediaError
 from mmtune.model.placeholders import PLACEHOLDERS, num_audio_tokens, num_image_tokens, window_frames
 from mmtune.vision.io import check_readable, image_size, load_image
@@ -44,10 +45,18 @@ class MediaSpec:
     image_tokens: int = 0  # per view (the whole image, or one tile or the overview)
     image_resize: str = "crop"
     max_tiles: int = 1  # > 1: large images become tiles + an overview (mmtune.vision.tiles)
+    transcript: TranscriptSpec | None = None  # Whisper's encoder-decoder: rows are a clip and its decoder tokens
 
     @classmethod
     def from_config(cls, model: ModelConfig, data: DataConfig) -> "MediaSpec":
         spec = cls(image_resize=data.image_resize)
+        if model.whisper is not None:
+            w = model.whisper
+            config = w.config or AutoConfig.from_pretrained(w.path).to_dict()
+            spec.n_mels = int(config.get("num_mel_bins", 80))
+            spec.audio_window = 2 * int(config.get("max_source_positions", 1500))  # one window: the encoder's input
+            spec.transcript = TranscriptSpec(w.language, w.task, spec.audio_window if w.encoder_input == "padded"
+                                             else None, int(config.get("max_target_positions", 448)))
         if model.audio is not None:
             audio = model.audio.config or AutoConfig.from_pretrained(model.audio.path).to_dict()
             spec.n_mels = int(audio.get("num_mel_bins", 80))
@@ -129,6 +138,12 @@ class SampleEncoder:
     def prompt(self, sample: Sample) -> Example:
         """The sample as a generation prompt (its last assistant turn, if any, left out); labels empty."""
         messages = sample.messages[:-1] if sample.messages[-1]["role"] == "assistant" else sample.messages
+        if self.spec.transcript is not None:  # Whisper: the clip and the decoder prompt
+            with named(sample.source):
+                clip, _ = transcript_parts(sample)
+                ids = torch.tensor(prompt_ids(self.tokenizer, sample, self.spec.transcript), dtype=torch.long)
+                audio = [self.audio_features(clip)]
+            return Example(ids, torch.full_like(ids, IGNORE_INDEX), audio, [], sample.source)
         with named(sample.source):
             audio = [self.audio_features(p) for p in _parts(messages, "audio")]
             images = [self.image_pixels(p) for p in _parts(messages, "image")]
@@ -143,6 +158,8 @@ class SampleEncoder:
 
     def _render(self, sample: Sample, counts: dict):
         """-> input_ids (T,), labels (T,), media kept {"audio": k, "image": m}, whether the text was cut."""
+        if self.spec.transcript is not None:
+            return self._render_transcript(sample)
         ids, labels = render_conversation(self.tokenizer, sample.messages, counts, self.data.train_on,
                                           self.special)
         if labels.ne(IGNORE_INDEX).sum() == 0:
@@ -159,6 +176,16 @@ class SampleEncoder:
         ids, labels, runs = cut
         return ids, labels, {self.placeholder_ids[pid]: n for pid, n in runs.items()}, True
 
+    def _render_transcript(self, sample: Sample):
+        """Whisper's decoder tokens; a transcript over data.max_length is dropped (it is never cut)."""
+        ids, labels = render_transcript(self.tokenizer, sample, self.spec.transcript, self.special)
+        limit = min(self.data.max_length, self.spec.transcript.max_tokens)
+        if len(ids) > limit:
+            raise DataError("", f"over-length: {len(ids)} decoder tokens > {limit} (data.max_length, at most the "
+                                f"{self.spec.transcript.max_tokens} positions of Whisper's decoder); shorten the "
+                                f"transcript")
+        return ids, labels, {"audio": 1, "image": 0}, False
+
     def usable_speeds(self, n_samples: int) -> list[float]:
         """Speed factors a clip of n samples may be drawn at: those that keep it within data.max_audio_seconds
         (1.0 always)."""
@@ -172,9 +199,11 @@ class SampleEncoder:
         wave = load_audio(part["path"], SAMPLE_RATE, part.get("bytes"), self.data.max_audio_seconds)  # (n,)
         if rng is not None:
             wave = self._augment_wave(wave, rng)
-        features = windowed_log_mel(wave, self.spec.n_mels, self.spec.audio_window)  # (n_mels, frames)
-        self._check_frames(part["path"], features.shape[-1])
-        return features
+        self._check_frames(part["path"], len(wave) // HOP_LENGTH)
+        pad = self.spec.transcript.pad_frames if self.spec.transcript is not None else None
+        if pad is not None:  # Whisper's padded input: the clip and silence after it fill the window
+            return padded_log_mel(wave, self.spec.n_mels, pad)  # (n_mels, pad)
+        return windowed_log_mel(wave, self.spec.n_mels, self.spec.audio_window)  # (n_mels, frames)
 
     def _augment_wave(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One training draw of the waveform (n,) at 16 kHz, as a microphone and a room would change it:
@@ -202,12 +231,17 @@ class SampleEncoder:
 
     @property
     def _max_frames(self) -> int:
-        return round(float(self.data.max_audio_seconds) * FRAMES_PER_SECOND)
+        """The longest clip in mel frames: data.max_audio_seconds, and for Whisper its encoder's window."""
+        frames = round(float(self.data.max_audio_seconds) * FRAMES_PER_SECOND)
+        return min(frames, self.spec.audio_window) if self.spec.transcript is not None else frames
 
     def _check_frames(self, path: str, frames: int) -> None:
         if frames == 0:
             raise MediaError(f"audio file {path} is shorter than one 10 ms frame")
         window = self.spec.audio_window / FRAMES_PER_SECOND  # s
+        if self.spec.transcript is not None and frames > self.spec.audio_window:
+            raise MediaError(f"audio file {path} is {frames / FRAMES_PER_SECOND:.1f} s long; a Whisper model hears at "
+                             f"most {window:g} s (its encoder's window): cut the recording into shorter clips")
         check_duration(path, frames * HOP_LENGTH, self.data.max_audio_seconds, window)
 
     def _image_views(self, part: dict) -> int:

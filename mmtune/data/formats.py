@@ -49,6 +49,17 @@ ROLE_ORDER = (
 class Sample:
     messages: list[dict]  # [{"role": "system"|"user"|"assistant", "content": [part, ...]}]
     source: str  # "path/to/manifest.jsonl:LINE" or "file.json:#INDEX"
+    language: str | None = None  # the row's `language` column ("en", "hindi"), where it has one
+
+
+def row_language(row) -> str | None:
+    """A row's optional `language` (Whisper's decoder prompt uses it); a DataError when it is not text."""
+    value = row.get("language") if isinstance(row, dict) else None
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise DataError("", f"'language' must be a language code or name such as \"en\" or \"hindi\", got {value!r}")
+    return value
 
 
 def parse_row(

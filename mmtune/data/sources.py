@@ -26,7 +26,7 @@ import tarfile
 
 import numpy as np
 
-from mmtune.data.formats import Sample, json_type, parse_row
+from mmtune.data.formats import Sample, json_type, parse_row, row_language
 from mmtune.errors import DataError
 
 AUDIO_EXTENSIONS = ("flac", "wav", "mp3", "ogg", "opus")
@@ -81,7 +81,7 @@ def read_sample(source, i: int, instruction: str = "Transcribe the audio.", syst
     if isinstance(row, DataError):
         raise row
     try:
-        return Sample(parse_row(row, source.base, instruction, system), label)
+        return Sample(parse_row(row, source.base, instruction, system), label, row_language(row))
     except DataError as err:
         raise DataError(label, err.reason) from None
 

@@ -22,7 +22,7 @@ from mmtune.data.dataset import MultimodalDataset
 from mmtune.data.example import to_device
 from mmtune.data.formats import Sample
 from mmtune.data.loader import BatchKey, Draws, draw_batches
-from mmtune.eval.metrics import cer, error_counts, exact_match, normalize_text, wer
+from mmtune.eval.metrics import cer, error_counts, exact_match, normalizer, wer
 from mmtune.infer.generate import eval_mode, generate, length_batches, model_device
 
 METRICS = EVAL_METRICS  # ("loss", "wer", "cer", "accuracy")
@@ -31,9 +31,12 @@ GENERATION_METRICS = {"wer": wer, "cer": cer, "accuracy": exact_match}
 
 def evaluate(model, tokenizer, dataset: MultimodalDataset, metrics=("loss", "wer", "cer", "accuracy"),
              max_new_tokens: int = 32, batch_size: int = 16, max_samples: int | None = None,
-             progress: bool = True, group_by: list | None = None) -> tuple[dict, list[dict]]:
-    """-> ({metric: value, "num_samples": N[, "groups": ...]}, per-sample records; empty when no
-    generation metric). group_by: row columns to score by (None: the GROUP_COLUMNS the first row has).
+             progress: bool = True, group_by: list | None = None, normalizer_name: str = "mmtune",
+             num_beams: int = 1) -> tuple[dict, list[dict]]:
+    """-> ({metric: value, "num_samples": N[, "groups": ...]}, per-sample records; empty
+    when no generation metric). group_by: row columns to score by (None: the GROUP_COLUMNS the first row has);
+    normalizer_name: the text normalizer of WER/CER/accuracy (`mmtune.eval.metrics.normalizer`); num_beams: 1
+    greedy, more beam search.
 
     Samples are encoded batch by batch (in data.num_workers processes), never all at once.
     """
@@ -48,9 +51,11 @@ def evaluate(model, tokenizer, dataset: MultimodalDataset, metrics=("loss", "wer
     records = []
     if any(m in GENERATION_METRICS for m in metrics):
         columns = group_columns(dataset, group_by)
-        records = generate_records(model, tokenizer, dataset, keys, max_new_tokens, batch_size, progress, columns)
-        results.update(score(records, metrics))
-        groups = group_scores(records, metrics, columns)
+        normalize = normalizer(normalizer_name)
+        records = generate_records(model, tokenizer, dataset, keys, max_new_tokens, batch_size, progress, columns,
+                                   normalize, num_beams)
+        results.update(score(records, metrics, normalize))
+        groups = group_scores(records, metrics, columns, normalize)
         if groups:
             results["groups"] = groups
     results["num_samples"] = len(records) if records else n
@@ -64,10 +69,11 @@ def check_metrics(metrics) -> None:
         raise ConfigError(f"unknown eval metric(s) {unknown}; choose from {', '.join(METRICS)}")
 
 
-def score(records: list[dict], metrics) -> dict:
+def score(records: list[dict], metrics, normalize=normalizer()) -> dict:
     """The generation metrics of `metrics` over prediction records: {"wer": 0.12, ...}."""
     references, predictions = [r["reference"] for r in records], [r["prediction"] for r in records]
-    return {name: GENERATION_METRICS[name](references, predictions) for name in metrics if name in GENERATION_METRICS}
+    return {name: GENERATION_METRICS[name](references, predictions, normalize)
+            for name in metrics if name in GENERATION_METRICS}
 
 
 def group_columns(dataset: MultimodalDataset, requested: list | None) -> list[str]:
@@ -77,7 +83,7 @@ def group_columns(dataset: MultimodalDataset, requested: list | None) -> list[st
     return list(dataset.fields(0, GROUP_COLUMNS)) if len(dataset) else []
 
 
-def group_scores(records: list[dict], metrics, columns: list[str]) -> dict:
+def group_scores(records: list[dict], metrics, columns: list[str], normalize=normalizer()) -> dict:
     """{column: {value: {"num_samples": n, metric: value}}} for each grouping column, values sorted;
     rows without the column are left out of its groups."""
     groups = {}
@@ -87,7 +93,7 @@ def group_scores(records: list[dict], metrics, columns: list[str]) -> dict:
             if column in r.get("groups", {}):
                 by_value.setdefault(r["groups"][column], []).append(r)
         if by_value:
-            groups[column] = {value: {"num_samples": len(rs), **score(rs, metrics)}
+            groups[column] = {value: {"num_samples": len(rs), **score(rs, metrics, normalize)}
                               for value, rs in sorted(by_value.items())}
     return groups
 
@@ -117,19 +123,21 @@ def eval_loss(model, dataset: MultimodalDataset, keys: list[BatchKey], pad_token
 
 
 def generate_records(model, tokenizer, dataset: MultimodalDataset, keys: list[BatchKey], max_new_tokens: int,
-                     batch_size: int, progress: bool = False, group_by: list[str] = ()) -> list[dict]:
+                     batch_size: int, progress: bool = False, group_by: list[str] = (), normalize=normalizer(),
+                     num_beams: int = 1) -> list[dict]:
     """Greedy answers to the samples of `keys`, as prediction records in sample order; each record's
     "groups" holds the row's `group_by` columns."""
     by_sample = {}
     for item in _drawn(dataset, keys, "prompt", tokenizer.pad_token_id, "generating", progress):
         prompts = item["batch"] or []
-        answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           num_beams=num_beams)
         kept = {p.source for p in prompts}
         rows = [k for k in item["rows"] if dataset.label(k) in kept]
         for k, answer in zip(rows, answers):
             by_sample[k] = answer
     order = sorted(by_sample)
-    records = prediction_records([dataset.sample(k) for k in order], [by_sample[k] for k in order])
+    records = prediction_records([dataset.sample(k) for k in order], [by_sample[k] for k in order], normalize)
     if group_by:
         for k, record in zip(order, records):
             record["groups"] = dataset.fields(k, group_by)
@@ -142,14 +150,15 @@ def reference(sample: Sample) -> str:
     return "\n".join(p["text"] for p in answer["content"] if p["type"] == "text")
 
 
-def prediction_records(samples: list[Sample], predictions: list[str]) -> list[dict]:
-    """One record per sample: source, reference, prediction, exact-match flag and word edit counts."""
+def prediction_records(samples: list[Sample], predictions: list[str], normalize=normalizer()) -> list[dict]:
+    """One record per sample: source, reference, prediction, exact-match flag and word edit counts (after
+    `normalize`)."""
     records = []
     for sample, prediction in zip(samples, predictions):
         ref = reference(sample)
         records.append({"source": sample.source, "reference": ref, "prediction": prediction,
-                        "correct": normalize_text(ref) == normalize_text(prediction),
-                        "errors": error_counts(ref, prediction)})
+                        "correct": normalize(ref) == normalize(prediction),
+                        "errors": error_counts(ref, prediction, normalize)})
     return records
 
 

@@ -11,13 +11,14 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
-from transformers import (AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel,
-                          SiglipVisionConfig, SiglipVisionModel, WhisperConfig, WhisperModel)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel,
+                          SiglipVisionConfig, SiglipVisionModel, WhisperConfig, WhisperForConditionalGeneration,
+                          WhisperModel)
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from mmtune.audio.encoder import AudioEncoder
 from mmtune.audio.features import MAX_FRAMES
-from mmtune.config import ModelConfig, TowerConfig
+from mmtune.config import ConfigError, ModelConfig, TowerConfig
 from mmtune.errors import CheckpointError, MmtuneError
 from mmtune.model.attention import resolve_backend, transformers_name, uses_packing_kwargs
 from mmtune.model.bridge import MultimodalLM
@@ -27,6 +28,7 @@ from mmtune.model.plan import apply_plan, describe_parameters, freeze
 from mmtune.model.projector import build_projector
 from mmtune.model.quantize import dequantize_tensors
 from mmtune.model.tokenizer import load_tokenizer, placeholder_ids
+from mmtune.model.whisper import EOT, SOT, WhisperASR, apply_whisper_plans, set_generation_config
 from mmtune.vision.tower import VisionTower
 
 log = logging.getLogger("mmtune")
@@ -50,6 +52,11 @@ def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str
     """
     init_from = cfg.init_from if init_from is None else (init_from or None)
     check_sources(cfg)  # a hub id with no cache and no network: one error in seconds, not retries
+    if cfg.kind == "whisper":
+        if init_from is not None:
+            raise ConfigError("model.init_from: a Whisper model starts from model.whisper.path (a Whisper checkpoint "
+                              "or an `mmtune export` of one), not from an mmtune checkpoint folder")
+        return build_whisper(cfg, tokenizer_path, device)
     backend = resolve_backend(cfg.attn_implementation, device)
     attn = transformers_name(backend)
     dtype = DTYPES[cfg.dtype]
@@ -67,6 +74,48 @@ def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str
         apply_plans(model, cfg)
     log.info("attention backend: %s; %s", backend, describe_parameters(model))
     return model, tokenizer
+
+
+def build_whisper(cfg: ModelConfig, tokenizer_path: str | None = None, device: str | None = None):
+    """-> (WhisperASR, its tokenizer): a WhisperForConditionalGeneration from a path / hub id or a config dict
+    (then drawn from init_seed, its vocabulary the tokenizer's), with the encoder's and decoder's plans applied."""
+    w = cfg.whisper
+    tokenizer = load_whisper_tokenizer(tokenizer_path or w.tokenizer or w.path)
+    # PyTorch SDPA (or eager when asked): the decoder runs with explicit causal and cross-attention masks
+    attn = "eager" if cfg.attn_implementation == "eager" else "sdpa"
+    dtype = DTYPES[cfg.dtype]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        if w.config is not None:
+            _check_type(w.config.get("model_type", "whisper"), ("whisper",), "model.whisper.config")
+            vocab = tokenizer.get_vocab()
+            ids = dict(decoder_start_token_id=vocab[SOT], eos_token_id=vocab[EOT], pad_token_id=vocab[EOT],
+                       bos_token_id=vocab[EOT])
+            config = WhisperConfig(**{**{k: v for k, v in w.config.items() if k != "model_type"},
+                                      "vocab_size": len(tokenizer), **ids})
+            config._attn_implementation = attn
+            whisper = WhisperForConditionalGeneration(config).to(dtype)
+            init_convs_from_scratch(whisper.model.encoder)
+        else:
+            _check_type(AutoConfig.from_pretrained(w.path).model_type, ("whisper",), f"model.whisper.path {w.path}")
+            whisper = WhisperForConditionalGeneration.from_pretrained(w.path, dtype=dtype, attn_implementation=attn)
+        set_generation_config(whisper, tokenizer, w.language, w.task)
+        whisper.config.use_cache = False
+        apply_whisper_plans(whisper, {"encoder": w.encoder, "decoder": w.decoder}, cfg.lora)
+    model = WhisperASR(whisper, w.encoder_input, whole_parts={"whisper"} if w.config is not None else set())
+    log.info("attention backend: %s; %s", attn, describe_parameters(model))
+    return model, tokenizer
+
+
+def load_whisper_tokenizer(path: str):
+    """A Whisper tokenizer (its special tokens name the decoder prompt); its pad token is <|endoftext|>."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if SOT not in tokenizer.get_vocab():
+        raise ConfigError(f"model.whisper.tokenizer: {path} has no {SOT} token: give a Whisper tokenizer "
+                          f"(e.g. examples/whisper_digits/tokenizer, or the folder of a Whisper checkpoint)")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = EOT
+    return tokenizer
 
 
 def _build_parts(cfg: ModelConfig, tokenizer, backend: str, attn: str, dtype: torch.dtype) -> MultimodalLM:

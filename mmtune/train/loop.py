@@ -35,6 +35,7 @@ from mmtune.errors import CheckpointError, DataError, MmtuneError
 from mmtune.eval.run import evaluate, write_predictions
 from mmtune.model.build import build_model
 from mmtune.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
+from mmtune.model.whisper import WhisperASR
 from mmtune.train.best import Best
 from mmtune.train.optim import build_optimizer, build_scheduler
 from mmtune.train.rundir import (CHECKPOINT_PREFIX, FINAL_DIR, RunDir, checkpoints, config_changes, describe_changes,
@@ -80,7 +81,7 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path) -> dict:
     if cfg.train.cpu_threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.train.cpu_threads)
     model, tokenizer = build_model(cfg.model, device=str(accelerator.device))
-    check_positions(cfg, model.llm)
+    check_positions(cfg, model)
     if cfg.train.gradient_checkpointing:
         model.enable_activation_checkpointing()
     train_set, eval_set = _datasets(cfg, tokenizer, accelerator)
@@ -281,7 +282,7 @@ class _Run:
         ev = self.cfg.eval
         metrics, records = evaluate(self.acc.unwrap_model(self.model), self.tokenizer, self.eval_set, ev.metrics,
                                     ev.max_new_tokens, ev.batch_size, ev.max_samples, progress=True,
-                                    group_by=ev.group_by)
+                                    group_by=ev.group_by, normalizer_name=ev.normalizer, num_beams=ev.num_beams)
         self.model.train()
         return metrics, records
 
@@ -358,7 +359,7 @@ class _Run:
         self._save(final)
         if records:
             write_predictions(records, self.out / "predictions.jsonl")
-        summary = {"step": final_step, "final": choice}
+        summary = {"step": final_step, "final": choice, "normalizer": self.cfg.eval.normalizer}
         if self.best is not None:
             summary["best"] = {k: v for k, v in self.best.state_dict().items() if k not in ("patience", "waited")}
         write_eval_json(self.out, {**metrics, **summary} if metrics else {})
@@ -426,14 +427,17 @@ def check_data_paths(cfg: Config) -> None:
                           f"{cfg.base_dir}); give an existing manifest, Parquet/Arrow file, datasets folder or shards")
 
 
-def check_positions(cfg: Config, llm) -> None:
+def check_positions(cfg: Config, model) -> None:
     """data.max_length fits an LLM with a learned position table (past it step 1 fails on an index);
-    rotary LLMs run past max_position_embeddings, so they get a warning."""
-    config = llm.config
-    limit = getattr(config, "max_position_embeddings", None)
+    rotary LLMs run past max_position_embeddings, so they get a warning. (Whisper's data step drops
+    transcripts longer than its decoder's 448 positions itself.)"""
+    if isinstance(model, WhisperASR):
+        return
+    limit = getattr(model.llm.config, "max_position_embeddings", None)
+    rotary = getattr(model.llm.config, "rope_parameters", None) is not None
     if limit is None or cfg.data.max_length <= limit:
         return
-    if getattr(config, "rope_parameters", None) is None:
+    if not rotary:
         raise ConfigError(f"data.max_length: {cfg.data.max_length} is over the {limit} positions of this LLM's "
                           f"learned position table (max_position_embeddings); lower it to at most {limit}")
     log.warning("data.max_length %d is over the LLM's max_position_embeddings %d: rotary positions run past it, "

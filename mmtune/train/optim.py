@@ -1,8 +1,8 @@
 """AdamW over the trainable parameters and the learning-rate schedule (warmup, then linear/cosine).
 
 Each part of the model has its own learning rate and weight decay where the config gives them
-(`model.llm.lr`, `model.audio.lr`, `model.audio.projector.lr`, ...; default `train.lr` and
-`train.weight_decay`); biases and norms get no weight decay; with LoRA+
+(`model.llm.lr`, `model.audio.lr`, `model.audio.projector.lr`, `model.whisper.lr`, ...; default
+`train.lr` and `train.weight_decay`); biases and norms get no weight decay; with LoRA+
 (`model.lora.loraplus_lr_ratio`) the LoRA B matrices learn that many times faster than their
 part. One parameter group per (part, decay, B matrix), named, the LLM's first:
 
@@ -14,7 +14,7 @@ from transformers import get_scheduler
 
 from mmtune.config import ModelConfig, TrainConfig
 
-PARTS = ("llm", "audio_encoder", "audio_projector", "vision_tower", "vision_projector")  # parameter name prefixes
+PARTS = ("llm", "audio_encoder", "audio_projector", "vision_tower", "vision_projector", "whisper")  # name prefixes
 
 
 def part_rates(model_cfg: ModelConfig | None, train: TrainConfig) -> dict[str, tuple[float, float]]:
@@ -22,7 +22,7 @@ def part_rates(model_cfg: ModelConfig | None, train: TrainConfig) -> dict[str, t
     m = model_cfg
     own = {"llm": m and m.llm, "audio_encoder": m and m.audio, "vision_tower": m and m.vision,
            "audio_projector": m and m.audio and m.audio.projector,
-           "vision_projector": m and m.vision and m.vision.projector}
+           "vision_projector": m and m.vision and m.vision.projector, "whisper": m and m.whisper}
     return {part: (train.lr if getattr(c, "lr", None) is None else c.lr,
                    train.weight_decay if getattr(c, "weight_decay", None) is None else c.weight_decay)
             for part, c in own.items()}
