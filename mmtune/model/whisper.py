@@ -55,12 +55,12 @@ def decoder_prompt(tokenizer, language: str | None, task: str) -> list[int]:
     """The decoder prompt that is never supervised: [<|startoftranscript|>, <|en|>, <|transcribe|>,
     <|notimestamps|>]; without a language (English-only `.en` models) [<|startoftranscript|>, <|notimestamps|>]."""
     tokens = [SOT] + ([f"<|{language_code(language)}|>", f"<|{task}|>"] if language else []) + [NO_TIMESTAMPS]
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in tokens if t not in vocab]
+    ids = tokenizer.convert_tokens_to_ids(tokens)  # per row: not get_vocab(), a dict of the whole vocabulary
+    missing = [t for t, i in zip(tokens, ids) if i is None or i == tokenizer.unk_token_id]
     if missing:
         raise ConfigError(f"model.whisper.tokenizer: the tokenizer has no {', '.join(missing)} token: it is not a "
                           f"Whisper tokenizer (or not a multilingual one: then set model.whisper.language: null)")
-    return [vocab[t] for t in tokens]
+    return ids
 
 
 class WhisperASR(nn.Module):

@@ -25,8 +25,8 @@ TRAIN_ROWS, EVAL_ROWS = 16, 4
 
 
 def model_paths(cfg) -> list[str]:
-    """The `path` of every model part (LLM, towers) that has one."""
-    parts = [cfg.model.llm, cfg.model.audio, cfg.model.vision]
+    """The `path` of every model part (LLM, towers, a Whisper model) that has one."""
+    parts = [cfg.model.llm, cfg.model.audio, cfg.model.vision, cfg.model.whisper]
     return [p.path for p in parts if p is not None and p.path is not None]
 
 
@@ -97,7 +97,7 @@ def test_first_line_is_the_command_that_runs_it(cfg_path):
 
 def test_every_example_has_an_offline_config():
     examples = {p.parent.name for p in OFFLINE}
-    assert {"speech_digits", "vision_digits", "omni_digits"} <= examples
+    assert {"speech_digits", "vision_digits", "omni_digits", "whisper_digits"} <= examples
 
 
 @pytest.mark.parametrize("cfg_path", OFFLINE, ids=config_id)
