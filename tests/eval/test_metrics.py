@@ -90,3 +90,17 @@ def test_mismatched_lengths_fail_loudly():
         wer(["a", "b"], ["a"])
     with pytest.raises(TypeError):
         wer("three one", "three one")
+
+
+def test_whisper_normalizers_as_published_whisper_wers_use_them():
+    from mmtune.eval.metrics import normalizer
+
+    english, basic = normalizer("whisper_english"), normalizer("whisper_basic")
+    assert english("Three one four, colour!") == "314 color"  # numbers as digits, American spelling
+    assert basic("Three one four, Colour!") == "three one four colour"
+    # words against digits: one word (314) each side after the English normalizer, three before
+    assert wer(["three one four"], ["3 1 4"]) == 1.0
+    assert wer(["three one four"], ["314"], normalize=english) == 0.0
+    assert normalizer("mmtune") is normalize_text
+    with pytest.raises(ValueError, match="normalizer must be one of"):
+        normalizer("none")
