@@ -304,9 +304,9 @@ class DataConfig:
         if self.num_workers < 0 or self.prefetch < 1:
             raise ConfigError(f"num_workers must be >= 0 and prefetch >= 1, got {self.num_workers} and {self.prefetch}")
         for key in self.columns or {}:
-            if key not in ("audio", "text", "instruction", "image", "conversations", "messages"):
-                raise ConfigError(f"columns: {key!r} is not a manifest key; map audio, text, instruction, image, "
-                                  f"conversations or messages to the dataset's column names")
+            if key not in ("audio", "text", "instruction", "language", "image", "conversations", "messages"):
+                raise ConfigError(f"columns: {key!r} is not a manifest key; map audio, text, instruction, language, "
+                                  f"image, conversations or messages to the dataset's column names")
 
 
 @dataclass

@@ -84,6 +84,10 @@ def test_rows_other_than_one_clip_and_a_transcript_are_refused(padded, tmp_path)
         encoder(sample)
     with pytest.raises(DataError, match="hears at most 2 s"):
         encoder(asr_sample(clip(tmp_path, "long", 2.5), "one"))
+    short = SampleEncoder(tokenizer, MediaSpec.from_config(whisper_config(), DataConfig(max_length=6)),
+                          DataConfig(max_length=6))
+    with pytest.raises(DataError, match="over-length: 8 decoder tokens > 6"):
+        short(asr_sample(clip(tmp_path, "b", 0.5), "one two three"))
 
 
 @pytest.mark.parametrize("encoder,decoder", [("frozen", "lora"), ("full", "frozen"), ("lora", "full")])
@@ -203,3 +207,44 @@ def test_cli_train_transcribe_export_and_plain_pipeline(tmp_path, capsys):
     asr = pipeline("automatic-speech-recognition", model=str(exported))  # transformers alone
     theirs = asr(load_audio(wav, 16000), generate_kwargs={"num_beams": 1, "max_new_tokens": 6})["text"]
     assert theirs.strip() == ours
+
+
+def test_language_column_of_a_manifest_reaches_the_decoder_prompt(padded, tmp_path):
+    from mmtune.data.dataset import MultimodalDataset
+
+    _, tokenizer = padded
+    rows = [{"audio": Path(clip(tmp_path, "a", 0.4)).name, "text": "one"},
+            {"audio": "a.wav", "text": "ek", "language": "hi"}, {"audio": "a.wav", "text": "x", "language": 7}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = DataConfig(max_length=32, num_workers=0, on_bad_sample="skip")
+    cfg = whisper_config()
+    dataset = MultimodalDataset.load(str(manifest), tokenizer, MediaSpec.from_config(cfg, data), data, progress=False)
+    assert [dataset.example(k).input_ids[1].item() for k in range(len(dataset))] == [EN, HI]
+    assert len(dataset.skipped) == 1 and "'language' must be a language code" in str(dataset.skipped[0])
+
+
+def test_settings_a_whisper_model_cannot_take_are_refused(tmp_path, tokenizer_dir):
+    from mmtune.config import Config
+
+    with pytest.raises(ConfigError, match="a Whisper model takes padded batches"):
+        from_dict(Config, {"model": {"whisper": {"config": TINY, "tokenizer": TOKENIZER}},
+                           "data": {"batching": "packed"}})
+    cfg = whisper_config()
+    cfg.init_from = str(tmp_path)
+    with pytest.raises(ConfigError, match="model.init_from: a Whisper model starts from model.whisper.path"):
+        build_model(cfg)
+    cfg = whisper_config()
+    cfg.whisper.tokenizer = tokenizer_dir  # a ChatML BPE tokenizer: no Whisper special tokens
+    with pytest.raises(ConfigError, match="has no <\\|startoftranscript\\|> token"):
+        build_model(cfg)
+
+
+def test_real_frame_input_decodes_greedily_only(tmp_path):
+    from mmtune.infer.generate import generate
+
+    cfg = whisper_config(encoder_input="real")
+    model, tokenizer = build_model(cfg)
+    prompt = encoder_for(cfg, tokenizer).prompt(asr_sample(clip(tmp_path, "a", 0.4), ""))
+    with pytest.raises(ConfigError, match="beam search and sampling need model.whisper.encoder_input: padded"):
+        generate(model, tokenizer, [prompt], max_new_tokens=3, num_beams=2)
