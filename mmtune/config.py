@@ -57,6 +57,14 @@ def _check_rates(owner) -> None:
     _check_at_least(owner, 0, "weight_decay", optional=True)
 
 
+def _check_source(owner, tokenizer_needed: str | None = None) -> None:
+    """Exactly one of `path` / `config`; built from `config`, a `tokenizer` too (`tokenizer_needed` says why)."""
+    if (owner.path is None) == (owner.config is None):
+        raise ConfigError("give exactly one of `path` (checkpoint or hub id) or `config`")
+    if tokenizer_needed and owner.config is not None and owner.tokenizer is None:
+        raise ConfigError(f"tokenizer: {tokenizer_needed}")
+
+
 def _check_above(owner, key: str, minimum: float) -> None:
     value = getattr(owner, key)
     if not (isinstance(value, (int, float)) and value > minimum):
@@ -100,8 +108,7 @@ class TowerConfig:
 
     def __post_init__(self):
         _check_rates(self)
-        if (self.path is None) == (self.config is None):
-            raise ConfigError("give exactly one of `path` (checkpoint or hub id) or `config`")
+        _check_source(self)
         _check_choice("train", self.train, TRAIN_PLANS)
         if not isinstance(self.max_tiles, int) or self.max_tiles < 1:
             raise ConfigError(f"max_tiles: {self.max_tiles!r}: give a whole number >= 1 (1: one square per image)")
@@ -122,10 +129,7 @@ class LLMConfig:
 
     def __post_init__(self):
         _check_rates(self)
-        if (self.path is None) == (self.config is None):
-            raise ConfigError("give exactly one of `path` (checkpoint or hub id) or `config`")
-        if self.config is not None and self.tokenizer is None:
-            raise ConfigError("tokenizer: an LLM built from `config` needs a tokenizer path")
+        _check_source(self, "an LLM built from `config` needs a tokenizer path")
         _check_choice("train", self.train, TRAIN_PLANS)
 
 
@@ -187,11 +191,8 @@ class WhisperModelConfig:
 
     def __post_init__(self):
         _check_rates(self)
-        if (self.path is None) == (self.config is None):
-            raise ConfigError("give exactly one of `path` (checkpoint or hub id) or `config`")
-        if self.config is not None and self.tokenizer is None:
-            raise ConfigError("tokenizer: a Whisper model built from `config` needs a Whisper tokenizer folder, "
-                              "e.g. examples/whisper_digits/tokenizer")
+        _check_source(self, "a Whisper model built from `config` needs a Whisper tokenizer folder, e.g. "
+                            "examples/whisper_digits/tokenizer")
         _check_choice("encoder", self.encoder, WHISPER_PLANS)
         _check_choice("decoder", self.decoder, WHISPER_PLANS)
         _check_choice("task", self.task, ("transcribe", "translate"))

@@ -19,7 +19,7 @@ import tempfile
 
 import torch
 
-from mmtune.bench.report import peak_of, run_child, torch_threads
+from mmtune.bench.report import measure_steps, run_child, torch_threads
 
 METHODS = {  # name -> (llm plan, model.lora settings)
     "lora": ("lora", {}),
@@ -88,15 +88,7 @@ def _measure(args: dict) -> dict:
         vocab = PRESETS[args["preset"]]["vocab_size"]
         ids = torch.randint(0, vocab, (args["batch"], args["tokens"]), generator=gen).to(device)
         batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
-
-        def step():
-            model(**batch).loss_sum.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        step()  # warm-up: the optimizer's state exists from here on
-        resident = (torch.cuda.memory_allocated() if cuda else status_kb("self", "VmRSS") * 1024) - base
-        seconds, peak = peak_of(lambda: [step() for _ in range(args["steps"])], device)
+        resident, seconds, peak = measure_steps(model, optimizer, batch, args["steps"], device, base)
         return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "llm_mb": storage_bytes(model.llm) / 2**20, "peak_mb": (resident + peak) / 2**20,
                 "step_s": seconds / args["steps"]}

@@ -153,3 +153,18 @@ def peak_of(fn, device: str) -> tuple[float, float]:
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if cuda else status_kb("self", "VmHWM") * 1024
     return seconds, peak - base
+
+
+def measure_steps(model, optimizer, batch: dict, steps: int, device: str, base: float) -> tuple[float, float, float]:
+    """One warm-up training step on `batch` (the optimizer's state exists from then on), then `steps` timed ones:
+    -> (bytes resident above `base` after the warm-up, seconds of the timed steps, their peak bytes above that)."""
+    def step():
+        model(**batch).loss_sum.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    cuda = torch.device(device).type == "cuda"
+    resident = (torch.cuda.memory_allocated() if cuda else status_kb("self", "VmRSS") * 1024) - base
+    seconds, peak = peak_of(lambda: [step() for _ in range(steps)], device)
+    return resident, seconds, peak

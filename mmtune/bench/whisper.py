@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmtune.bench.report import peak_of, run_child, status_kb, torch_threads
+from mmtune.bench.report import measure_steps, peak_of, run_child, status_kb, torch_threads
 
 PRESETS = {
     "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
@@ -99,15 +99,7 @@ def _measure(args: dict) -> dict:
                           f"bench:{i}") for i, p in enumerate(_clips(folder, args["batch"]))]
         batch = to_device(collate_padded([encoder(s) for s in samples], tokenizer.pad_token_id), device)
         optimizer = build_optimizer(model, TrainConfig(lr=1e-5), cfg)
-
-        def step():
-            model(**batch).loss_sum.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        step()  # warm-up: the optimizer's state exists from here on
-        resident = (torch.cuda.memory_allocated() if cuda else status_kb("self", "VmRSS") * 1024) - base
-        seconds, peak = peak_of(lambda: [step() for _ in range(args["steps"])], device)
+        resident, seconds, peak = measure_steps(model, optimizer, batch, args["steps"], device, base)
         model.eval()
         with torch.no_grad():
             loss = float(model(**batch).loss_sum)
