@@ -426,13 +426,12 @@ def _run_data_check(args) -> int:
     if args.config:
         from mmtune.config import load_config
         from mmtune.data.encode import MediaSpec, SampleEncoder
-        from mmtune.model.tokenizer import load_tokenizer
-
+        from mmtune.model.build import load_model_tokenizer
         from mmtune.model.hub import check_sources
 
         cfg = load_config(args.config[0], args.config[1:])
         check_sources(cfg.model)
-        tokenizer = load_tokenizer(cfg.model.llm.tokenizer or cfg.model.llm.path, cfg.model.llm.chat_template)
+        tokenizer = load_model_tokenizer(cfg.model)
         encoder = SampleEncoder(tokenizer, MediaSpec.from_config(cfg.model, cfg.data), cfg.data, train=True)
         max_length = cfg.data.max_length
     report = check_data(args.manifest, encoder, decode=not args.headers_only)

@@ -125,8 +125,8 @@ def eval_loss(model, dataset: MultimodalDataset, keys: list[BatchKey], pad_token
 def generate_records(model, tokenizer, dataset: MultimodalDataset, keys: list[BatchKey], max_new_tokens: int,
                      batch_size: int, progress: bool = False, group_by: list[str] = (), normalize=normalizer(),
                      num_beams: int = 1) -> list[dict]:
-    """Greedy answers to the samples of `keys`, as prediction records in sample order; each record's
-    "groups" holds the row's `group_by` columns."""
+    """Answers (greedy, or beam search with num_beams > 1) to the samples of `keys`, as prediction records in
+    sample order; each record's "groups" holds the row's `group_by` columns."""
     by_sample = {}
     for item in _drawn(dataset, keys, "prompt", tokenizer.pad_token_id, "generating", progress):
         prompts = item["batch"] or []

@@ -107,6 +107,13 @@ def build_whisper(cfg: ModelConfig, tokenizer_path: str | None = None, device: s
     return model, tokenizer
 
 
+def load_model_tokenizer(cfg: ModelConfig):
+    """The tokenizer the config's model uses (the LLM's, or the Whisper model's), without building the model."""
+    if cfg.kind == "whisper":
+        return load_whisper_tokenizer(cfg.whisper.tokenizer or cfg.whisper.path)
+    return load_tokenizer(cfg.llm.tokenizer or cfg.llm.path, cfg.llm.chat_template)
+
+
 def load_whisper_tokenizer(path: str):
     """A Whisper tokenizer (its special tokens name the decoder prompt); its pad token is <|endoftext|>."""
     tokenizer = AutoTokenizer.from_pretrained(path)

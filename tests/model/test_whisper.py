@@ -248,3 +248,30 @@ def test_real_frame_input_decodes_greedily_only(tmp_path):
     prompt = encoder_for(cfg, tokenizer).prompt(asr_sample(clip(tmp_path, "a", 0.4), ""))
     with pytest.raises(ConfigError, match="beam search and sampling need model.whisper.encoder_input: padded"):
         generate(model, tokenizer, [prompt], max_new_tokens=3, num_beams=2)
+
+
+def test_resume_continues_a_whisper_run_exactly(tmp_path):
+    from mmtune.cli import main
+
+    def losses(out):
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+    common = ["train.schedule=constant", "train.save_every=2", "data.eval=null", "data.augment.spec_augment=true",
+              "data.augment.speed=[0.9,1.0,1.1]"]
+    whole = write_run(tmp_path / "a")
+    assert main(["train", whole, "max_steps=4", *common]) == 0
+    halves = write_run(tmp_path / "b")
+    assert main(["train", halves, "max_steps=2", *common]) == 0
+    assert main(["train", halves, "max_steps=4", "resume=auto", *common]) == 0
+    a, b = losses(tmp_path / "a" / "run"), losses(tmp_path / "b" / "run")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    assert all(abs(a[s] - b[s]) < 1e-6 for s in a), (a, b)
+
+
+def test_data_check_with_a_whisper_config(tmp_path, capsys):
+    from mmtune.cli import main
+
+    cfg = write_run(tmp_path)
+    assert main(["data", "check", str(tmp_path / "train.jsonl"), "--config", cfg]) == 0
+    assert "train.jsonl: 8 rows, 8 good, 0 bad" in capsys.readouterr().out
