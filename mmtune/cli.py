@@ -527,10 +527,7 @@ def _add_bench(sub) -> None:
                    help="tokens of the packed row")
     g.add_argument("--hidden", type=_hidden_size, default=64,
                    help="the LLM's hidden size, a multiple of 8 (its vocabulary stays 151,936)")
-    g.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU)")
-    g.add_argument("--threads", type=_positive_int, help="torch CPU threads in each run")
-    g.add_argument("--json", help=JSON_HELP)
-    g.set_defaults(run=_run_bench, bench="long")
+    _add_run_options(g, "long")
     f = _command(bsub, "methods", "one LLM fine-tuned each way: trainable parameters, memory, s/step",
                  "Each method (lora, dora, rslora, loraplus, qlora, full) runs in a fresh process: the preset's LLM\n"
                  "(random weights; 0.5b has Qwen2.5-0.5B's sizes) built through mmtune's plans, AdamW as training\n"
@@ -544,10 +541,7 @@ def _add_bench(sub) -> None:
     f.add_argument("--tokens", type=_positive_int, default=128, help="tokens per sequence")
     f.add_argument("--batch", type=_positive_int, default=2, help="sequences per step")
     f.add_argument("--steps", type=_positive_int, default=2, help="optimizer steps measured (after one warm-up)")
-    f.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU)")
-    f.add_argument("--threads", type=_positive_int, help="torch CPU threads in each run")
-    f.add_argument("--json", help=JSON_HELP)
-    f.set_defaults(run=_run_bench, bench="methods")
+    _add_run_options(f, "methods")
     w = _command(bsub, "whisper", "a real-size Whisper (random weights) trained, saved, reloaded and run",
                  "The preset's WhisperForConditionalGeneration (small: whisper-small's config values, 241.7 M\n"
                  "parameters, Whisper's 51,865-token vocabulary; random weights, nothing downloaded) runs through\n"
@@ -563,10 +557,7 @@ def _add_bench(sub) -> None:
     w.add_argument("--steps", type=_positive_int, default=1, help="optimizer steps measured (after one warm-up)")
     w.add_argument("--max-new-tokens", type=_positive_int, default=8, help="tokens generated per clip")
     w.add_argument("--tokenizer", help="a Whisper tokenizer folder (default: examples/whisper_digits/tokenizer)")
-    w.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU)")
-    w.add_argument("--threads", type=_positive_int, help="torch CPU threads in the run")
-    w.add_argument("--json", help=JSON_HELP)
-    w.set_defaults(run=_run_bench, bench="whisper")
+    _add_run_options(w, "whisper")
     for name, help_text in (("packing", "padded vs packed training throughput on a realistic mix"),
                             ("audio-encoder", "variable-length vs 30 s-padded Whisper encoding of 5 s clips"),
                             ("features", "mmtune log-mel vs transformers' WhisperFeatureExtractor")):
@@ -605,6 +596,14 @@ def _add_bench(sub) -> None:
 
 
 JSON_HELP = "also write the result to this file (its folders are created)"
+
+
+def _add_run_options(p, bench: str) -> None:
+    """--device, --threads and --json of a benchmark that runs in fresh processes."""
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads in each run")
+    p.add_argument("--json", help=JSON_HELP)
+    p.set_defaults(run=_run_bench, bench=bench)
 # mmtune.bench.methods' METHODS and PRESETS, named here so `mmtune --help` needs no torch (a test holds them equal)
 BENCH_METHODS = ("lora", "dora", "rslora", "loraplus", "qlora", "full")
 BENCH_METHOD_PRESETS = ("tiny", "0.5b")
