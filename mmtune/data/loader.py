@@ -172,16 +172,24 @@ def draw_batches(draws: Draws, keys, data: DataConfig):
                         prefetch_factor=data.prefetch if data.num_workers else None, worker_init_fn=_worker_init,
                         generator=torch.Generator().manual_seed(0))
     items = iter(loader)
-    while True:
-        try:
-            item = next(items)
-        except StopIteration:
-            return
-        except (RuntimeError, OSError, EOFError) as e:  # OSError/EOFError: a dead worker's half-sent batch
-            raise worker_error(draws, e) from None
-        if item["error"] is not None:
-            raise DataError(*item["error"])
-        yield item
+    try:
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            except (RuntimeError, OSError, EOFError) as e:  # OSError/EOFError: a dead worker's half-sent batch
+                raise worker_error(draws, e) from None
+            if item["error"] is not None:
+                raise DataError(*item["error"])
+            yield item
+    finally:
+        # the workers stop now, not when the iterator is collected: an error's traceback keeps it alive, and
+        # while it lives torch's SIGCHLD handler raises on the death of any of its workers, wherever the
+        # main thread is by then (torch's own __del__ calls the same method)
+        shutdown = getattr(items, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def encode_all(dataset: MultimodalDataset, epoch: int = 0) -> tuple[list, DrawLog]:
