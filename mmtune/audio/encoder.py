@@ -29,12 +29,11 @@ class AudioEncoder(nn.Module):
         self.encoder = whisper_encoder  # transformers WhisperEncoder
         self.hidden_size = whisper_encoder.config.d_model
         self.n_mels = whisper_encoder.config.num_mel_bins
-        self.max_frames = whisper_encoder.config.max_source_positions * 2  # mel frames (3000 = 30 s)
 
     @property
     def packed(self) -> bool:
         """Whether the layers run on one packed row with cu_seqlens (else: padded with a mask)."""
-        return self.encoder.config._attn_implementation in PACKED_ATTENTION
+        return runs_packed(self.encoder)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features (A, n_mels, F) zero-padded, lengths (A,) mel frames -> ((A, T, C), (A,) encoder frames)."""
@@ -60,12 +59,17 @@ def encode_real_frames(enc: nn.Module, features: torch.Tensor, lengths: torch.Te
     out_lengths = whisper_encoder_frames(lengths)  # (A,) encoder frames, computed on the device
     x = x + enc.embed_positions.weight[: x.shape[1]]
     x = F.dropout(x, p=enc.dropout, training=training)
-    if enc.config._attn_implementation in PACKED_ATTENTION:
+    if runs_packed(enc):
         return _packed_layers(enc, x, out_lengths), out_lengths
     mask = padding_mask(out_lengths, x.shape[1], x.dtype)
     for layer in enc.layers:
         x = layer(x, mask)
     return enc.layer_norm(x), out_lengths
+
+
+def runs_packed(enc: nn.Module) -> bool:
+    """Whether the encoder's attention takes cu_seqlens, so its layers run on one packed row of real frames."""
+    return enc.config._attn_implementation in PACKED_ATTENTION
 
 
 def _packed_layers(enc: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

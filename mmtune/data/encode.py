@@ -137,19 +137,23 @@ class SampleEncoder:
 
     def prompt(self, sample: Sample) -> Example:
         """The sample as a generation prompt (its last assistant turn, if any, left out); labels empty."""
+        if self.spec.transcript is not None:
+            return self._transcript_prompt(sample)
         messages = sample.messages[:-1] if sample.messages[-1]["role"] == "assistant" else sample.messages
-        if self.spec.transcript is not None:  # Whisper: the clip and the decoder prompt
-            with named(sample.source):
-                clip, _ = transcript_parts(sample)
-                ids = torch.tensor(prompt_ids(self.tokenizer, sample, self.spec.transcript), dtype=torch.long)
-                audio = [self.audio_features(clip)]
-            return Example(ids, torch.full_like(ids, IGNORE_INDEX), audio, [], sample.source)
         with named(sample.source):
             audio = [self.audio_features(p) for p in _parts(messages, "audio")]
             images = [self.image_pixels(p) for p in _parts(messages, "image")]
             counts = self._counts([a.shape[-1] for a in audio], [im.shape[0] for im in images])
             ids = render_prompt(self.tokenizer, messages, counts, self.special)
         return Example(ids, torch.full_like(ids, IGNORE_INDEX), audio, images, sample.source)
+
+    def _transcript_prompt(self, sample: Sample) -> Example:
+        """Whisper's prompt: the row's clip and its decoder prompt tokens."""
+        with named(sample.source):
+            clip, _ = transcript_parts(sample)
+            ids = torch.tensor(prompt_ids(self.tokenizer, sample, self.spec.transcript), dtype=torch.long)
+            audio = [self.audio_features(clip)]
+        return Example(ids, torch.full_like(ids, IGNORE_INDEX), audio, [], sample.source)
 
     def _counts(self, audio_frames: list[int], image_views: list[int]) -> dict[str, list[int]]:
         """Placeholder tokens of each clip (from its mel frames) and each image (from its views)."""

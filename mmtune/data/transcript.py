@@ -19,8 +19,9 @@ import torch
 from mmtune.data.chat import SpecialTokens
 from mmtune.data.example import IGNORE_INDEX
 from mmtune.data.formats import Sample
-from mmtune.errors import DataError, MmtuneError
-from mmtune.model.whisper import EOT, decoder_prompt
+from mmtune.config import ConfigError
+from mmtune.errors import DataError
+from mmtune.model.whisper import EOT, decoder_prompt, language_code
 
 
 @dataclass
@@ -46,12 +47,14 @@ def transcript_parts(sample: Sample) -> tuple[dict, str]:
 
 
 def prompt_ids(tokenizer, sample: Sample, spec: TranscriptSpec) -> list[int]:
-    """The row's decoder prompt: its own language, else the spec's."""
-    language = sample.language or spec.language
-    try:
-        return decoder_prompt(tokenizer, language, spec.task)
-    except MmtuneError as e:  # an unknown language of this row: name the row, not the config key
-        raise DataError("", str(e).replace("language: ", "'language' ", 1) if sample.language else str(e)) from None
+    """The row's decoder prompt: its own language (a bad one is a bad row), else the spec's."""
+    language = spec.language
+    if sample.language:
+        try:
+            language = language_code(sample.language, "'language'")
+        except ConfigError as e:
+            raise DataError("", str(e)) from None
+    return decoder_prompt(tokenizer, language, spec.task)
 
 
 def render_transcript(tokenizer, sample: Sample, spec: TranscriptSpec,

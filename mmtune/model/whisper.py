@@ -40,14 +40,14 @@ SOT, EOT, NO_TIMESTAMPS = "<|startoftranscript|>", "<|endoftext|>", "<|notimesta
 TASKS = ("transcribe", "translate")
 
 
-def language_code(language: str, where: str = "language") -> str:
-    """"en", "english", "English" -> "en"; anything else is a ConfigError listing how to write one."""
+def language_code(language: str, where: str = "model.whisper.language:") -> str:
+    """"en", "english", "English" -> "en"; anything else is a ConfigError, `where` first, listing how to write one."""
     key = language.strip().lower()
     if key in LANGUAGES:
         return key
     if key in TO_LANGUAGE_CODE:
         return TO_LANGUAGE_CODE[key]
-    raise ConfigError(f"{where}: {language!r} is not a Whisper language; give a code such as en, hi, de or a name "
+    raise ConfigError(f"{where} {language!r} is not a Whisper language; give a code such as en, hi, de or a name "
                       f"such as english, hindi (transformers' whisper LANGUAGES lists all {len(LANGUAGES)})")
 
 
@@ -255,7 +255,7 @@ def set_generation_config(whisper: nn.Module, tokenizer, language: str | None, t
     config.lang_to_id = {f"<|{c}|>": vocab[f"<|{c}|>"] for c in LANGUAGES if f"<|{c}|>" in vocab}
     config.task_to_id = {t: vocab[f"<|{t}|>"] for t in TASKS if f"<|{t}|>" in vocab}
     config.is_multilingual = bool(config.lang_to_id) and language is not None
-    config.language = language_code(language, "model.whisper.language") if language else None
+    config.language = language_code(language) if language else None
     config.task = task if config.is_multilingual else None
     config.forced_decoder_ids = None
     config._from_model_config = False  # else from_pretrained rebuilds it from the model config, ids and language lost
