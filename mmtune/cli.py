@@ -469,23 +469,34 @@ def _run_data_convert(args) -> int:
 
 def _add_export(sub) -> None:
     p = _command(
-        sub, "export", "merge LoRA and write a plain transformers LLM checkpoint",
-        "The output loads with AutoModelForCausalLM.from_pretrained(OUT) without mmtune; towers and\n"
-        "projectors are saved beside it in mmtune_towers.safetensors. Prints the output folder. --out must not\n"
-        "be, hold or lie inside the checkpoint folder; an existing --out is replaced only when it is empty or a\n"
-        "previous export (it has mmtune_export.json), and a failed export leaves it as it was.",
-        "  mmtune export --checkpoint runs/speech_digits/final --out exported/speech_digits")
+        sub, "export", "merge LoRA and write a plain transformers model (LLaVA, Voxtral, Whisper or the LLM alone)",
+        "What the checkpoint becomes (--format auto picks native where it can, and logs which):\n"
+        "  vision bridge (CLIP/SigLIP tower, mlp projector)  LlavaForConditionalGeneration + LlavaProcessor\n"
+        "  speech bridge (Whisper encoder, stack_mlp)        VoxtralForConditionalGeneration + tokenizer +\n"
+        "                                                    WhisperFeatureExtractor\n"
+        "  Whisper encoder-decoder                           WhisperForConditionalGeneration (pipeline-ready)\n"
+        "  anything else, or --format llm                    the LLM (AutoModelForCausalLM), towers and\n"
+        "                                                    projectors beside it in mmtune_towers.safetensors\n"
+        "All load without mmtune; a LLaVA or Voxtral export is also a model.init_from for a new run. Prints the\n"
+        "output folder. --out must not be, hold or lie inside the checkpoint folder; an existing --out is\n"
+        "replaced only when it is empty or a previous export (it has mmtune_export.json), and a failed export\n"
+        "leaves it as it was.",
+        "  mmtune export --checkpoint runs/vision_digits/stage2/final --out exported/vision_llava\n"
+        "  mmtune export --checkpoint runs/speech_digits/final --out exported/speech_llm --format llm")
     p.add_argument("--checkpoint", required=True, help="a folder written by mmtune train (OUTPUT_DIR/final or "
                                                        "checkpoint-N)")
     p.add_argument("--out", required=True, help="the folder to write (created with its parents; a previous export "
                                                 "there is replaced)")
+    p.add_argument("--format", choices=("auto", "native", "llm"), default="auto",
+                   help="native: LLaVA / Voxtral (an error says why a model cannot be); llm: the LLM alone with the "
+                        "towers beside it; auto: native where possible, else llm (default: auto)")
     p.set_defaults(run=_run_export)
 
 
 def _run_export(args) -> int:
     from mmtune.model.export import export_checkpoint
 
-    print(export_checkpoint(args.checkpoint, args.out))
+    print(export_checkpoint(args.checkpoint, args.out, args.format))
     return 0
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from mmtune.errors import MmtuneError
+from mmtune.errors import ConfigError
+from mmtune.model.native_config import fill_native_parts, native_type
 
 TRAIN_PLANS = ("frozen", "lora", "qlora", "full")  # qlora: 4-bit NF4 base (bitsandbytes) + LoRA
 DEFAULT_MAX_STEPS = 100  # a run's length when neither train.max_steps nor train.epochs is given
@@ -29,10 +30,6 @@ KEY_ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "gradient_ac
                "logging_steps": "log_every", "save_total_limit": "keep_last", "resume_from_checkpoint": "resume",
                "per_device_train_batch_size": "batch_size (in data)", "max_seq_length": "max_length (in data)",
                "bf16": "mixed_precision: bf16", "lora_r": "r (in model.lora)", "lora_alpha": "alpha (in model.lora)"}
-
-
-class ConfigError(MmtuneError, ValueError):
-    """A config key is unknown or its value is bad; the message names the key and the fix."""
 
 
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
@@ -73,7 +70,7 @@ def _check_above(owner, key: str, minimum: float) -> None:
 
 @dataclass
 class ProjectorConfig:
-    type: str = "mlp"  # linear | mlp (LLaVA mlp2x_gelu) | stack (ultravox: stack frames + SwiGLU)
+    type: str = "mlp"  # linear | mlp (LLaVA mlp2x_gelu) | stack (ultravox: stack frames + SwiGLU) | stack_mlp (Voxtral)
     layers: int = 2  # mlp: number of Linear layers (GELU between them)
     stack: int = 1  # stack: consecutive encoder frames concatenated into one token
     hidden_size: int | None = None  # inner width; default: the LLM's hidden size
@@ -82,14 +79,14 @@ class ProjectorConfig:
     weight_decay: float | None = None  # and weight decay (default: train.weight_decay)
 
     def __post_init__(self):
-        _check_choice("type", self.type, ("linear", "mlp", "stack"))
+        _check_choice("type", self.type, ("linear", "mlp", "stack", "stack_mlp"))
         _check_rates(self)
         if self.layers < 1:
             raise ConfigError(f"layers: must be >= 1, got {self.layers}")
         if self.stack < 1:
             raise ConfigError(f"stack: must be >= 1, got {self.stack}")
-        if self.type != "stack" and self.stack != 1:
-            raise ConfigError("stack: frame stacking needs projector.type: stack")
+        if self.type not in ("stack", "stack_mlp") and self.stack != 1:
+            raise ConfigError("stack: frame stacking needs projector.type: stack or stack_mlp")
 
 
 @dataclass
@@ -547,9 +544,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         base_dir = str(path.resolve().parent)
     tree = apply_overrides(tree, overrides or [])
     tree.setdefault("base_dir", base_dir)
+    _start_from_native(tree)
     cfg = from_dict(Config, tree)
     _resolve_paths(cfg)
     return cfg
+
+
+def _start_from_native(tree: dict) -> None:
+    """model.init_from naming a LLaVA / Voxtral folder: the parts the file leaves out come from the folder."""
+    model = tree.get("model")
+    if isinstance(model, dict) and isinstance(model.get("init_from"), str):
+        given = Path(model["init_from"]).expanduser()
+        folder = given if given.is_absolute() else Path(tree["base_dir"]) / given
+        if native_type(folder) is not None:
+            model["init_from"] = str(folder)
+            fill_native_parts(tree)
 
 
 def _resolve_paths(cfg: Config) -> None:

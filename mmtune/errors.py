@@ -21,6 +21,10 @@ class DataError(MmtuneError):
         super().__init__(f"{source}: {reason}" if source else reason)
 
 
+class ConfigError(MmtuneError, ValueError):
+    """A config key is unknown or its value is bad; the message names the key and the fix."""
+
+
 class CheckpointError(MmtuneError):
     """A checkpoint folder is missing files or does not match the model it claims to hold."""
 

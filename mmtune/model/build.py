@@ -6,7 +6,7 @@ the same model; their weights are saved whole in checkpoints (`mmtune.model.chec
 """
 
 import logging
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 import transformers
@@ -19,14 +19,13 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from mmtune.audio.encoder import AudioEncoder
 from mmtune.audio.features import MAX_FRAMES
 from mmtune.config import ConfigError, ModelConfig, TowerConfig
-from mmtune.errors import CheckpointError, MmtuneError
+from mmtune.errors import MmtuneError
 from mmtune.model.attention import resolve_backend, transformers_name, uses_packing_kwargs
 from mmtune.model.bridge import MultimodalLM
 from mmtune.model.hub import check_sources
 from mmtune.model.placeholders import window_frames
 from mmtune.model.plan import apply_plan, describe_parameters, freeze
 from mmtune.model.projector import build_projector
-from mmtune.model.quantize import dequantize_tensors
 from mmtune.model.tokenizer import load_tokenizer, placeholder_ids
 from mmtune.model.whisper import EOT, SOT, WhisperASR, apply_whisper_plans, set_generation_config
 from mmtune.vision.tower import VisionTower
@@ -44,33 +43,26 @@ class UnknownModelError(MmtuneError, ValueError):
 
 
 def build_model(cfg: ModelConfig, tokenizer_path: str | None = None, device: str | None = None,
-                init_from: str | None = None):
-    """-> (MultimodalLM, tokenizer). `tokenizer_path` overrides the config's (checkpoints ship theirs).
-
-    `init_from` (default: cfg.init_from) is a previous stage's checkpoint: its weights are loaded
-    (LoRA merged) into the raw parts before this stage's plans decide what trains.
+                initial_weights: Callable[[MultimodalLM], set[str]] | None = None):
+    """-> (model, tokenizer): a MultimodalLM (or a WhisperASR for model.whisper). `tokenizer_path` overrides
+    the config's (checkpoints ship theirs). Only constructs: `initial_weights(model)` (given by
+    `mmtune.model.checkpoint.start_model` for model.init_from) loads weights into the raw parts before the
+    plans decide what trains, and returns the parts it loaded (saved whole in checkpoints from then on).
     """
-    init_from = cfg.init_from if init_from is None else (init_from or None)
     check_sources(cfg)  # a hub id with no cache and no network: one error in seconds, not retries
     if cfg.kind == "whisper":
-        if init_from is not None:
-            raise ConfigError("model.init_from: a Whisper model starts from model.whisper.path (a Whisper checkpoint "
-                              "or an `mmtune export` of one), not from an mmtune checkpoint folder")
         return build_whisper(cfg, tokenizer_path, device)
     backend = resolve_backend(cfg.attn_implementation, device)
     attn = transformers_name(backend)
     dtype = DTYPES[cfg.dtype]
-    if init_from is not None:
-        _check_previous_stage(init_from)  # before its tokenizer is read: a bad folder is named as such
-        tokenizer_path = tokenizer_path or str(Path(init_from) / "tokenizer")
     tokenizer = load_tokenizer(tokenizer_path or cfg.llm.tokenizer or cfg.llm.path, cfg.llm.chat_template)
     # parts built from a config (and LoRA's initial A matrices) draw from init_seed, in a fork of the global
     # generator: what the caller seeded (train.seed: dropout, augmentation) is left as it was
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         model = _build_parts(cfg, tokenizer, backend, attn, dtype)
-        if init_from is not None:
-            model.whole_parts |= load_previous_stage(model, init_from)
+        if initial_weights is not None:
+            model.whole_parts |= initial_weights(model)
         apply_plans(model, cfg)
     log.info("attention backend: %s; %s", backend, describe_parameters(model))
     return model, tokenizer
@@ -146,7 +138,7 @@ def _build_parts(cfg: ModelConfig, tokenizer, backend: str, attn: str, dtype: to
 PARTS = {"llm": ("", "llm"), "audio_encoder": ("audio_encoder", "encoder"), "vision_tower": ("vision_tower", "model")}
 
 
-def _part_owner(model: MultimodalLM, part: str):
+def part_owner(model: MultimodalLM, part: str):
     owner_path, attr = PARTS[part]
     owner = getattr(model, owner_path) if owner_path else model
     return owner, attr
@@ -161,7 +153,7 @@ def part_plans(cfg: ModelConfig) -> dict:
 def apply_plans(model: MultimodalLM, cfg: ModelConfig) -> None:
     """Freeze / fully train / LoRA-wrap each part, as the config says; projectors train unless frozen."""
     for part, plan in part_plans(cfg).items():
-        owner, attr = _part_owner(model, part)
+        owner, attr = part_owner(model, part)
         if owner is not None:
             setattr(owner, attr, apply_plan(getattr(owner, attr), plan, cfg.lora, part, cfg.quantization))
     freeze(model.audio_projector, cfg.audio is not None and cfg.audio.projector.frozen)
@@ -178,47 +170,6 @@ def config_built_parts(cfg: ModelConfig) -> set[str]:
     if cfg.vision is not None and cfg.vision.config is not None:
         parts.add("vision_tower")
     return parts
-
-
-def load_previous_stage(model: MultimodalLM, folder: str) -> set[str]:
-    """Load a previous stage's checkpoint into the raw parts (its LoRA merged, into a dequantized base after
-    qlora); returns the parts it touched."""
-    from mmtune.model.checkpoint import WEIGHTS_FILE, read_model_config, read_weights
-
-    prev = read_model_config(folder)
-    tensors = dequantize_tensors(read_weights(Path(folder) / WEIGHTS_FILE))  # a qlora stage's base as float32
-    wrapped = []
-    for part, plan in part_plans(prev).items():
-        owner, attr = _part_owner(model, part)
-        if plan in ("lora", "qlora") and owner is not None and any(k.startswith(part + ".") for k in tensors):
-            setattr(owner, attr, apply_plan(getattr(owner, attr), "lora", prev.lora))
-            wrapped.append((owner, attr))
-    _load_checked(model, tensors, folder)
-    for owner, attr in wrapped:
-        setattr(owner, attr, getattr(owner, attr).merge_and_unload())
-    return {k.split(".", 1)[0] for k in tensors}
-
-
-def _check_previous_stage(folder: str) -> None:
-    from mmtune.model.checkpoint import read_model_config
-
-    try:
-        read_model_config(folder)
-    except CheckpointError as e:
-        raise CheckpointError(f"model.init_from: {e}") from None
-
-
-def _load_checked(model: nn.Module, tensors: dict, folder: str) -> None:
-    state = model.state_dict()
-    for key in sorted(tensors, key=lambda k: ("projector" not in k, k)):  # same order on every run
-        tensor = tensors[key]
-        if key not in state:
-            raise CheckpointError(f"model.init_from {folder}: tensor {key} has no place in this stage's model; "
-                                  f"the stages must use the same model parts (towers, projector types, sizes)")
-        if tuple(tensor.shape) != tuple(state[key].shape):
-            raise CheckpointError(f"model.init_from {folder}: tensor {key} has shape {tuple(tensor.shape)} but "
-                                  f"this stage builds {tuple(state[key].shape)}; keep the sizes of the previous stage")
-    model.load_state_dict(tensors, strict=False)
 
 
 def build_llm(cfg: ModelConfig, vocab_size: int, attn: str, dtype: torch.dtype) -> nn.Module:

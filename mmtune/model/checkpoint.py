@@ -1,5 +1,11 @@
 """Checkpoints: safetensors of what was trained plus the JSON composition config to rebuild the rest.
 
+Every weight that enters a model is loaded here (`mmtune.model.build` only constructs):
+    start_model(cfg)         a run's start: model.init_from's weights (a previous stage's checkpoint,
+                             or a LLaVA / Voxtral folder: mmtune.model.native) in the raw parts
+    load_checkpoint(folder)  a checkpoint rebuilt for eval, inference, export
+    load_weights(model, f)   a checkpoint's tensors into a built model (resume)
+
 A checkpoint folder holds
     mmtune_config.json   {"format": "mmtune", "version": 1, "model": ModelConfig as a dict}
     model.safetensors    trained tensors (adapters, projectors, fully trained parts) and the whole
@@ -17,6 +23,7 @@ import json
 import os
 import shutil
 import stat
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,7 +32,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mmtune.config import DataConfig, ModelConfig, from_dict, to_dict
-from mmtune.errors import CheckpointError
+from mmtune.errors import CheckpointError, ConfigError
+from mmtune.model.build import UnknownModelError, build_model, part_owner, part_plans
+from mmtune.model.native import load_native
+from mmtune.model.native_config import native_type
+from mmtune.model.plan import apply_plan
 from mmtune.model.quantize import dequantize_tensors, restore_4bit
 
 CONFIG_FILE = "mmtune_config.json"
@@ -161,19 +172,56 @@ def _check_files(folder: Path) -> None:
                               f"mmtune checkpoint; pass OUTPUT_DIR/final or an OUTPUT_DIR/checkpoint-N folder")
 
 
+def start_model(cfg: ModelConfig, device: str | None = None):
+    """-> (model, tokenizer) at a run's start: built from the config, with model.init_from's weights (a
+    previous stage's checkpoint, LoRA merged; or a LLaVA / Voxtral folder) in the raw parts before this
+    run's plans decide what trains."""
+    folder = cfg.init_from
+    if folder is None:
+        return build_model(cfg, device=device)
+    if cfg.kind == "whisper":
+        raise ConfigError("model.init_from: a Whisper model starts from model.whisper.path (a Whisper checkpoint "
+                          "or an `mmtune export` of one), not from an mmtune checkpoint folder")
+    if native_type(folder) is not None:  # its config parts were filled from it when the config loaded
+        return build_model(cfg, device=device, initial_weights=partial(load_native, folder=folder))
+    try:  # before its tokenizer is read: a bad folder is named as such
+        read_model_config(folder)
+    except CheckpointError as e:
+        raise CheckpointError(f"model.init_from: {e}") from None
+    return build_model(cfg, str(Path(folder) / TOKENIZER_DIR), device,
+                       initial_weights=partial(load_previous_stage, folder=folder))
+
+
+def load_previous_stage(model, folder: str) -> set[str]:
+    """A previous stage's checkpoint into the raw parts (its LoRA merged, into a dequantized base after
+    qlora) -> the parts it touched."""
+    prev = read_model_config(folder)
+    tensors = dequantize_tensors(read_weights(Path(folder) / WEIGHTS_FILE))  # a qlora stage's base as float32
+    wrapped = []
+    for part, plan in part_plans(prev).items():
+        owner, attr = part_owner(model, part)
+        if plan in ("lora", "qlora") and owner is not None and any(k.startswith(part + ".") for k in tensors):
+            setattr(owner, attr, apply_plan(getattr(owner, attr), "lora", prev.lora))
+            wrapped.append((owner, attr))
+    check_fits(model.state_dict(), tensors, f"model.init_from {folder}",
+               "the stages must use the same model parts and sizes (towers, projector types, hidden sizes)")
+    model.load_state_dict(tensors, strict=False)
+    for owner, attr in wrapped:
+        setattr(owner, attr, getattr(owner, attr).merge_and_unload())
+    return {k.split(".", 1)[0] for k in tensors}
+
+
 def load_checkpoint(folder: str | Path, device: str | None = None, dequantize: bool = False):
     """-> (model, tokenizer, ModelConfig) rebuilt from the folder, on `device` (default CPU).
 
     dequantize: parts trained with qlora are rebuilt as lora over a float32 base (their 4-bit weights
     dequantized), so their adapters can be merged (export); the ModelConfig returned says lora."""
-    from mmtune.model.build import UnknownModelError, build_model
-
     folder = Path(folder)
     cfg = read_model_config(folder)
     if dequantize:
         cfg = dequantized_config(cfg)
-    try:  # init_from="" : every weight a previous stage gave is in this folder, so it is not read again
-        model, tokenizer = build_model(cfg, tokenizer_path=str(folder / TOKENIZER_DIR), device=device, init_from="")
+    try:  # every weight a previous stage (model.init_from) gave is in this folder: it is not read again
+        model, tokenizer = build_model(cfg, tokenizer_path=str(folder / TOKENIZER_DIR), device=device)
     except UnknownModelError as e:  # the bad model type is in this folder's config file: name it
         raise UnknownModelError(f"{folder / CONFIG_FILE}: {e}") from None
     model.whole_parts |= set(_read_config(folder).get("whole_parts", []))
@@ -200,20 +248,26 @@ def load_weights(model, path: Path, dequantize: bool = False) -> None:
     if dequantize:
         tensors = dequantize_tensors(tensors)
     state = model.state_dict()
-    expected = set(saved_keys(model))
-    unknown = sorted(set(tensors) - set(state))
-    if unknown:
-        raise CheckpointError(f"{path} holds {len(unknown)} tensors this model does not have (e.g. {unknown[0]}): "
-                              f"{CONFIG_FILE} does not match the weights; was the folder mixed with another run's?")
-    missing = sorted(expected - set(tensors))
+    check_fits(state, tensors, str(path), f"{CONFIG_FILE} does not match the weights; was the folder mixed with "
+                                          f"another run's?")
+    missing = sorted(set(saved_keys(model)) - set(tensors))
     if missing:
         raise CheckpointError(f"{path} lacks {len(missing)} trained tensors (e.g. {missing[0]}): the weights "
                               f"file is incomplete or from another config; use an earlier checkpoint")
-    # projectors first: a projector that does not fit its tower is the mismatch that explains the others
+    model.load_state_dict(restore_4bit(model, tensors), strict=False)  # 4-bit weights go in first, whole
+
+
+def check_fits(state: dict, tensors: dict, where: str, advice: str) -> None:
+    """Every tensor has a place of its shape in the model's `state`; else a CheckpointError naming the first
+    misfit (projectors first: a projector that does not fit its tower explains the other misfits)."""
+    unknown = sorted(set(tensors) - set(state))
+    if unknown:
+        raise CheckpointError(f"{where}: {len(unknown)} tensors have no place in this model (e.g. {unknown[0]}): "
+                              f"{advice}")
     for key in sorted(tensors, key=lambda k: ("projector" not in k, k)):
         if tuple(tensors[key].shape) != tuple(state[key].shape):
-            raise CheckpointError(_shape_message(path, key, tuple(tensors[key].shape), tuple(state[key].shape)))
-    model.load_state_dict(restore_4bit(model, tensors), strict=False)  # 4-bit weights go in first, whole
+            raise CheckpointError(_shape_message(where, key, tuple(tensors[key].shape), tuple(state[key].shape),
+                                                 advice))
 
 
 def read_weights(path: str | Path) -> dict:
@@ -228,9 +282,9 @@ def read_weights(path: str | Path) -> dict:
                               f"while writing; use an earlier checkpoint-N folder") from None
 
 
-def _shape_message(path: Path, key: str, saved: tuple, built: tuple) -> str:
-    msg = f"{path}: tensor {key} has shape {saved} but the rebuilt model expects {built}"
+def _shape_message(where: str, key: str, saved: tuple, built: tuple, advice: str) -> str:
+    msg = f"{where}: tensor {key} has shape {saved} but the model built from the config has {built}"
     if "projector" in key and len(saved) == 2 and saved[0] == built[0]:
         msg += (f"; the projector was trained for a tower with hidden size {saved[1]} but this tower gives "
                 f"{built[1]}: use the tower the checkpoint was trained with")
-    return msg
+    return f"{msg}; {advice}"

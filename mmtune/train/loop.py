@@ -33,8 +33,7 @@ from mmtune.data.loader import Draws, DrawLog, PlanSampler, draw_batches, worker
 from mmtune.data.stream import batch_budget, check_budget, epoch_sizes, steps_for_epochs
 from mmtune.errors import CheckpointError, DataError, MmtuneError
 from mmtune.eval.run import evaluate, write_predictions
-from mmtune.model.build import build_model
-from mmtune.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
+from mmtune.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint, start_model
 from mmtune.model.whisper import WhisperASR
 from mmtune.train.best import Best
 from mmtune.train.optim import build_optimizer, build_scheduler
@@ -80,7 +79,7 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path) -> dict:
     set_seed(cfg.train.seed)
     if cfg.train.cpu_threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.train.cpu_threads)
-    model, tokenizer = build_model(cfg.model, device=str(accelerator.device))
+    model, tokenizer = start_model(cfg.model, device=str(accelerator.device))
     check_positions(cfg, model)
     if cfg.train.gradient_checkpointing:
         model.enable_activation_checkpointing()

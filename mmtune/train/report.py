@@ -55,7 +55,8 @@ def _part(name: str, part: dict | None, lora: dict | None) -> str | None:
     line = f"| {name} | {source} | {plan} |"
     projector = part.get("projector")
     if projector:
-        kind = projector.get("type", "?") + (f" x{projector['stack']}" if projector.get("type") == "stack" else "")
+        kind = projector.get("type", "?")
+        kind += f" x{projector['stack']}" if kind.startswith("stack") else ""
         line += f"\n| {name} projector | {kind} | {'frozen' if projector.get('frozen') else 'full'} |"
     return line
 

@@ -217,7 +217,7 @@ def test_weights_of_another_config(saved, tmp_path):
     with pytest.raises(CheckpointError, match=r"model.safetensors is damaged or was replaced: its SHA-256 differs"):
         load_checkpoint(folder)
     (folder / CHECKSUMS_FILE).unlink()  # without checksums (an earlier version's folder) the names are checked
-    with pytest.raises(CheckpointError, match=r"holds \d+ tensors this model does not have \(e.g. vision_.*"
+    with pytest.raises(CheckpointError, match=r"\d+ tensors have no place in this model \(e.g. vision_.*"
                                               rf"{CONFIG_FILE} does not match the weights"):
         load_checkpoint(folder)
     folder = _copy(saved, tmp_path)

@@ -11,7 +11,7 @@ from mmtune.cli import main
 from mmtune.config import load_config
 from mmtune.errors import MmtuneError
 from mmtune.model.build import build_model
-from mmtune.model.checkpoint import load_checkpoint, saved_keys
+from mmtune.model.checkpoint import load_checkpoint, saved_keys, start_model
 from mmtune.model.export import export_checkpoint
 from mmtune.model.quantize import bitsandbytes, storage_bytes
 from mmtune.train.loop import train
@@ -98,7 +98,7 @@ def test_init_from_a_qlora_stage_starts_from_its_merged_dequantized_weights(toke
     model, _, _ = trained_checkpoint(tokenizer_dir, tmp_path / "stage1", _cfg(tokenizer_dir))
     stage2 = _cfg(tokenizer_dir, plan="full")
     stage2.init_from = str(tmp_path / "stage1")
-    next_model, tokenizer = build_model(stage2)
+    next_model, tokenizer = start_model(stage2)
     ids = text_ids(tokenizer)
     torch.testing.assert_close(_llm_logits(next_model, ids), _llm_logits(model, ids), atol=1e-4, rtol=0)
 

@@ -10,8 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from mmtune.config import LLMConfig
 from mmtune.errors import CheckpointError
-from mmtune.model.build import build_model
-from mmtune.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from mmtune.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint, start_model
 from mmtune.model.tokenizer import load_tokenizer
 from tests.model.test_checkpoint import logits, train_steps
 from tests.tiny import TINY_LLMS, make_batch, tiny_model_config
@@ -19,7 +18,7 @@ from tests.tiny import TINY_LLMS, make_batch, tiny_model_config
 
 def run_stage(cfg, folder, batch=None, steps=3):
     """Build (from cfg.init_from when set), train `steps` Adam steps, save: -> (model, batch)."""
-    model, tokenizer = build_model(cfg)
+    model, tokenizer = start_model(cfg)
     if batch is None:
         torch.manual_seed(0)
         batch = make_batch(model, with_image=cfg.vision is not None)
@@ -39,7 +38,7 @@ def test_full_then_lora_starts_where_stage_one_ended(tokenizer_dir, tmp_path):
     stage1, batch = run_stage(stage1_cfg, tmp_path / "stage1")
     stage2_cfg = tiny_model_config(tokenizer_dir, llm_train="lora", tower_train="frozen")
     stage2_cfg.init_from = str(tmp_path / "stage1")
-    stage2, _ = build_model(stage2_cfg)
+    stage2, _ = start_model(stage2_cfg)
     stage2.eval()
     # LoRA's B starts at zero: before any stage-2 step the model is stage 1's final model
     torch.testing.assert_close(logits(stage2, batch), logits(stage1, batch), atol=1e-6, rtol=0)
@@ -61,7 +60,7 @@ def test_lora_then_full_merges_the_adapters(tokenizer_dir, tmp_path):
                               tmp_path / "stage1")
     stage2_cfg = tiny_model_config(tokenizer_dir, llm_train="full", tower_train="full")
     stage2_cfg.init_from = str(tmp_path / "stage1")
-    stage2, _ = build_model(stage2_cfg)
+    stage2, _ = start_model(stage2_cfg)
     stage2.eval()
     assert not any("lora_" in n for n, _ in stage2.named_parameters())  # merged into the base weights
     torch.testing.assert_close(logits(stage2, batch), logits(stage1, batch), atol=1e-5, rtol=0)
@@ -112,18 +111,19 @@ def test_init_from_a_checkpoint_with_other_sizes(tokenizer_dir, tmp_path):
     cfg.llm.config = dict(cfg.llm.config, intermediate_size=48)
     cfg.init_from = str(tmp_path / "stage1")
     with pytest.raises(CheckpointError, match=rf"model.init_from {tmp_path / 'stage1'}: tensor "
-                                              r"llm.model.layers.0.mlp.down_proj.weight has shape \(32, 64\) but this "
-                                              r"stage builds \(32, 48\); keep the sizes of the previous stage"):
-        build_model(cfg)
+                                              r"llm.model.layers.0.mlp.down_proj.weight has shape \(32, 64\) but the model "
+                                              r"built from the config has \(32, 48\); the stages must use the same "
+                                              r"model parts and sizes"):
+        start_model(cfg)
 
 
 def test_init_from_a_checkpoint_with_other_parts(tokenizer_dir, tmp_path):
     run_stage(tiny_model_config(tokenizer_dir, vision=False), tmp_path / "stage1", steps=0)
     cfg = tiny_model_config(tokenizer_dir, audio=False)
     cfg.init_from = str(tmp_path / "stage1")
-    with pytest.raises(CheckpointError, match=r"tensor audio_.* has no place in this stage's model; the stages must "
-                                              r"use the same model parts"):
-        build_model(cfg)
+    with pytest.raises(CheckpointError, match=r"tensors have no place in this model \(e.g. audio_.*\): the stages "
+                                              r"must use the same model parts"):
+        start_model(cfg)
 
 
 def test_init_from_a_missing_or_damaged_folder(tokenizer_dir, tmp_path):
@@ -131,10 +131,10 @@ def test_init_from_a_missing_or_damaged_folder(tokenizer_dir, tmp_path):
     cfg.init_from = str(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match=r"model.init_from: checkpoint folder .*nowhere does not exist: pass a "
                                               r"folder written by `mmtune train`"):
-        build_model(cfg)
+        start_model(cfg)
     run_stage(tiny_model_config(tokenizer_dir), tmp_path / "stage1", steps=0)
     weights = tmp_path / "stage1" / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:100])
     cfg.init_from = str(tmp_path / "stage1")
     with pytest.raises(CheckpointError, match=rf"{WEIGHTS_FILE} is damaged or was replaced: its SHA-256 differs"):
-        build_model(cfg)
+        start_model(cfg)

@@ -16,7 +16,7 @@ from mmtune.data.example import IGNORE_INDEX
 from mmtune.data.formats import Sample
 from mmtune.errors import DataError
 from mmtune.model.build import build_model
-from mmtune.model.checkpoint import load_checkpoint, save_checkpoint
+from mmtune.model.checkpoint import load_checkpoint, save_checkpoint, start_model
 
 TOKENIZER = str(Path(__file__).resolve().parents[2] / "examples" / "whisper_digits" / "tokenizer")
 TINY = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
@@ -233,7 +233,7 @@ def test_settings_a_whisper_model_cannot_take_are_refused(tmp_path, tokenizer_di
     cfg = whisper_config()
     cfg.init_from = str(tmp_path)
     with pytest.raises(ConfigError, match="model.init_from: a Whisper model starts from model.whisper.path"):
-        build_model(cfg)
+        start_model(cfg)
     cfg = whisper_config()
     cfg.whisper.tokenizer = tokenizer_dir  # a ChatML BPE tokenizer: no Whisper special tokens
     with pytest.raises(ConfigError, match="has no <\\|startoftranscript\\|> token"):
