@@ -163,10 +163,14 @@ def _check_files(folder: Path) -> None:
     missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR) if not (folder / n).exists()]
     export = folder / EXPORT_MARKER
     if missing and export.is_file():
-        source = json.loads(export.read_text()).get("checkpoint", "the checkpoint it was exported from")
-        raise CheckpointError(f"{folder} is an `mmtune export` (a plain transformers LLM, towers beside it), not an "
-                              f"mmtune checkpoint: transformers loads it (AutoModelForCausalLM.from_pretrained); "
-                              f"mmtune commands take the checkpoint it came from ({source})")
+        marker = json.loads(export.read_text())
+        source = marker.get("checkpoint", "the checkpoint it was exported from")
+        native = marker.get("architecture")
+        what = (f"a transformers {native} folder: transformers loads it, and model.init_from starts a new run from "
+                f"it" if native else "a plain transformers LLM, towers beside it: transformers loads it "
+                                     "(AutoModelForCausalLM.from_pretrained)")
+        raise CheckpointError(f"{folder} is an `mmtune export` ({what}), not an mmtune checkpoint; mmtune eval, "
+                              f"generate and transcribe take the checkpoint it came from ({source})")
     if missing:
         raise CheckpointError(f"checkpoint folder {folder} lacks {', '.join(missing)}: it is not a complete "
                               f"mmtune checkpoint; pass OUTPUT_DIR/final or an OUTPUT_DIR/checkpoint-N folder")

@@ -42,7 +42,7 @@ from mmtune.config import DataConfig
 from mmtune.data.chat import end_of_turn_ids
 from mmtune.data.encode import MediaSpec
 from mmtune.model.checkpoint import EXPORT_MARKER, load_checkpoint, read_data_config, replace_dir
-from mmtune.model.native import native_format, to_native
+from mmtune.model.native import native_format, to_native, write_full_text_config
 from mmtune.model.whisper import WhisperASR, merge_lora
 
 log = logging.getLogger("mmtune")
@@ -98,6 +98,7 @@ def _write_native(model, tokenizer, folder: Path, cfg, checkpoint) -> dict:
     set_generation_ids(native, tokenizer, native.config.text_config)
     native.generation_config.use_cache = True
     native.save_pretrained(str(folder))
+    write_full_text_config(folder, native.config.text_config)
     preprocessor.save_pretrained(str(folder))
     if not isinstance(preprocessor, LlavaProcessor):  # a feature extractor: the tokenizer is written on its own
         tokenizer.save_pretrained(str(folder))

@@ -23,6 +23,8 @@ mmtune encodes the real frames of a clip, so the two agree on whole 30 s windows
 shorter clips (measured in BENCHMARKS.md, "Native formats").
 """
 
+import copy
+import json
 import logging
 from pathlib import Path
 
@@ -108,7 +110,7 @@ def _to_llava(model, tokenizer, spec: ImageSpec, image_resize: str):
     tower, llm = model.vision_tower, model.llm
     family = "clip" if tower.has_cls else "siglip"
     vision_config = tower.model.config.to_dict()  # num_hidden_layers: the layers kept, up to the feature layer
-    config = LlavaConfig(vision_config=vision_config, text_config=llm.config.to_dict(),
+    config = LlavaConfig(vision_config=vision_config, text_config=copy.deepcopy(llm.config),
                          image_token_id=model.token_ids["image"], image_seq_length=tower.num_tokens,
                          projector_hidden_act="gelu", vision_feature_layer=-1,
                          vision_feature_select_strategy="default" if family == "clip" else "full",
@@ -139,14 +141,18 @@ def _to_voxtral(model, tokenizer):
                                 f"per token; this model's stack_mlp projector stacks {projector.stack}: export with "
                                 f"--format llm, or train with model.audio.projector.stack "
                                 f"{c.encoder_ffn_dim // c.d_model}")
-    if model.audio_window != MAX_FRAMES or 2 * c.max_source_positions != MAX_FRAMES:
-        log.warning("this model encodes windows of %d mel frames; Voxtral encodes 30 s (%d frame) windows, so "
-                    "its audio tokens differ", model.audio_window, MAX_FRAMES)
+    # mmtune encodes a clip's own frames; Voxtral pads each clip to whole 30 s windows (BENCHMARKS.md "Native
+    # formats": the speech example's WER 0.50 in mmtune is 2.16 through the export, which hears the padding)
+    log.warning("Voxtral pads every clip to 30 s windows (%d mel frames) and mmtune trained on the clips' own "
+                "frames (windows of %d): the export computes what mmtune does on whole 30 s windows, and its "
+                "transcripts of shorter clips differ", MAX_FRAMES, model.audio_window)
     audio_config = dict(hidden_size=c.d_model, intermediate_size=c.encoder_ffn_dim, num_hidden_layers=c.encoder_layers,
                         num_attention_heads=c.encoder_attention_heads, num_mel_bins=c.num_mel_bins,
                         max_source_positions=c.max_source_positions, scale_embedding=c.scale_embedding,
                         activation_function=c.activation_function, vocab_size=c.vocab_size)
-    config = VoxtralConfig(audio_config=audio_config, text_config=llm.config.to_dict(),
+    # the LLM's config as an object: given as a dict, Voxtral fills the keys it lacks (head_dim, ...) with
+    # Voxtral-Mini's values
+    config = VoxtralConfig(audio_config=audio_config, text_config=copy.deepcopy(llm.config),
                            audio_token_id=model.token_ids["audio"], projector_hidden_act="gelu")
     native = VoxtralForConditionalGeneration(config).to(llm.dtype)
     _copy_llm(llm, native)
@@ -155,6 +161,19 @@ def _to_voxtral(model, tokenizer):
     features = WhisperFeatureExtractor(feature_size=c.num_mel_bins, sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH,
                                        chunk_length=MAX_FRAMES // FRAMES_PER_SECOND, n_fft=N_FFT)
     return native, features
+
+
+def write_full_text_config(folder: Path, text_config) -> None:
+    """Rewrite config.json's text_config with every key of the LLM's config. save_pretrained writes only the
+    keys that differ from the LLM class's defaults, and VoxtralConfig fills the keys a loaded text_config
+    lacks with Voxtral-Mini's (head_dim 128, rms_norm_eps 1e-5, ...): the LLM would come back another shape."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text())
+    full = text_config.to_dict()
+    if full.get("head_dim") is None:
+        full["head_dim"] = text_config.hidden_size // text_config.num_attention_heads
+    config["text_config"] = full
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def processor_template(tokenizer) -> str:

@@ -116,6 +116,6 @@ def test_the_export_stops_plain_generate_at_the_end_of_turn(tokenizer_dir, tmp_p
     generation = GenerationConfig.from_pretrained(out)  # what plain `generate` reads
     assert as_list(generation.eos_token_id) == stop and generation.pad_token_id == tokenizer.pad_token_id
     # mmtune commands take the checkpoint, and say so when given the export
-    with pytest.raises(CheckpointError, match=r"is an `mmtune export` .* transformers loads it .* mmtune commands "
-                                              r"take the checkpoint it came from \(.*ckpt\)"):
+    with pytest.raises(CheckpointError, match=r"is an `mmtune export` .* transformers loads it .* mmtune eval, "
+                                              r"generate and transcribe take the checkpoint it came from \(.*ckpt\)"):
         load_checkpoint(out)

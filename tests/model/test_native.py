@@ -16,6 +16,7 @@ from transformers import AutoFeatureExtractor, AutoTokenizer, LlavaForConditiona
 
 from mmtune.cli import main
 from mmtune.config import ConfigError, ProjectorConfig, load_config
+from mmtune.errors import CheckpointError
 from mmtune.infer.generate import Predictor, collate_prompts
 from mmtune.model.build import build_model
 from mmtune.model.checkpoint import load_checkpoint, save_checkpoint, start_model
@@ -61,8 +62,8 @@ def vision_checkpoint(tokenizer_dir, folder, llm="qwen2", vision_config=None, se
 
 def speech_checkpoint(tokenizer_dir, folder, seed=0):
     """A speech-only bridge with Voxtral's projector (stack 2 = TINY_WHISPER's 48 / 24), trained 2 steps, saved."""
-    cfg = tiny_model_config(tokenizer_dir, llm="llama", vision=False, llm_train="lora", tower_train="lora",
-                            audio_projector=ProjectorConfig(type="stack_mlp", stack=2))
+    cfg = tiny_model_config(tokenizer_dir, llm="qwen2", vision=False, llm_train="lora", tower_train="lora",
+                            audio_projector=ProjectorConfig(type="stack_mlp", stack=2))  # qwen2: no head_dim key
     model, tokenizer = build_model(cfg)
     torch.manual_seed(seed)
     ids = [10, 11] + [model.token_ids["audio"]] * 7 + [13, 14, 15]
@@ -119,6 +120,9 @@ def test_vision_export_is_a_llava_that_plain_transformers_runs_as_mmtune_does(to
     assert marker["architecture"] == "LlavaForConditionalGeneration"
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["eos_token_id"] == AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("<|im_end|>")
+    with pytest.raises(CheckpointError, match=r"is an `mmtune export` \(a transformers LlavaForConditionalGeneration "
+                                              r"folder: transformers loads it, and model.init_from starts a new run"):
+        load_checkpoint(out)
 
 
 @pytest.mark.parametrize("resize", ["pad", "crop"])
