@@ -16,10 +16,12 @@ as a private-use sentinel while the template renders, and the run of text around
 `split_special_tokens=True`, so only the template's own markers are special ids.
 """
 
+import functools
 import re
 from collections import Counter
 
 import torch
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from mmtune.data.example import IGNORE_INDEX
 from mmtune.errors import DataError
@@ -133,7 +135,31 @@ def end_of_turn_ids(tokenizer) -> set[int]:
 
 
 def _template(tokenizer, messages, generation_prompt: bool) -> str:
+    """The template's rendering of text messages; for a template that renders content only as a list of
+    parts (LLaVA-style processor templates), each message's text goes in as one text part."""
+    if template_takes_parts(tokenizer.chat_template):
+        messages = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in messages]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+PROBE = "\U000F0002"  # a plane-15 private-use character: in no user's text
+
+
+@functools.lru_cache(maxsize=16)
+def template_takes_parts(template: str | None) -> bool:
+    """Whether `template` shows a message's text given as content parts ([{"type": "text", "text": ...}])
+    and not given as a string (templates that iterate over message['content'], as llava-hf's processors do)."""
+    if not template:
+        return False
+
+    def shows(content) -> bool:
+        try:
+            rendered, _ = render_jinja_template([[{"role": "user", "content": content}]], chat_template=template)
+        except Exception:  # noqa: BLE001  a template may fail on the form it does not expect
+            return False
+        return PROBE in rendered[0]
+
+    return not shows(PROBE) and shows([{"type": "text", "text": PROBE}])
 
 
 ANSWER_MARK = "\U000F0000{}\U000F0001"  # stands in for one assistant answer while the template renders (plane-15 PUA)

@@ -37,6 +37,7 @@ from transformers.models.llava.image_processing_pil_llava import LlavaImageProce
 from mmtune.audio.features import FRAMES_PER_SECOND, HOP_LENGTH, MAX_FRAMES, N_FFT
 from mmtune.audio.io import SAMPLE_RATE
 from mmtune.config import ModelConfig
+from mmtune.data.chat import template_takes_parts
 from mmtune.errors import CheckpointError, MmtuneError
 from mmtune.model.native_config import native_type
 from mmtune.model.placeholders import PLACEHOLDERS
@@ -45,12 +46,13 @@ from mmtune.vision.preprocess import RESAMPLE, ImageSpec
 log = logging.getLogger("mmtune")
 
 # The processor's chat template: content given as parts ({"type": "image"}, {"type": "text", ...}) becomes
-# mmtune's text (parts joined by newlines, media as placeholders), then the tokenizer's own template runs.
-# String content passes through unchanged, so the same template serves the tokenizer.
-CONTENT_AS_TEXT = """{%- set ns = namespace(messages=[]) -%}
+# mmtune's text (parts joined by newlines, media as placeholders), then the tokenizer's own template runs on it:
+# as a string, or as one text part for a template that renders parts only (CONTENT). String content passes
+# through, so the same template serves the tokenizer.
+_CONTENT_WRAPPER = """{%- set ns = namespace(messages=[]) -%}
 {%- for message in messages -%}
 {%- if message['content'] is string -%}
-{%- set ns.messages = ns.messages + [message] -%}
+{%- set text = message['content'] -%}
 {%- else -%}
 {%- set parts = namespace(text=[]) -%}
 {%- for part in message['content'] -%}
@@ -59,8 +61,9 @@ CONTENT_AS_TEXT = """{%- set ns = namespace(messages=[]) -%}
 {%- elif part['type'] == 'audio' -%}{%- set parts.text = parts.text + ['AUDIO'] -%}
 {%- endif -%}
 {%- endfor -%}
-{%- set ns.messages = ns.messages + [{'role': message['role'], 'content': parts.text | join('\\n')}] -%}
+{%- set text = parts.text | join('\\n') -%}
 {%- endif -%}
+{%- set ns.messages = ns.messages + [dict(message, content=CONTENT)] -%}
 {%- endfor -%}
 {%- set messages = ns.messages -%}
 """.replace("IMAGE", PLACEHOLDERS["image"]).replace("AUDIO", PLACEHOLDERS["audio"])
@@ -179,7 +182,10 @@ def write_full_text_config(folder: Path, text_config) -> None:
 def processor_template(tokenizer) -> str:
     """The tokenizer's chat template behind the content-parts wrapper (applied once)."""
     template = tokenizer.chat_template
-    return template if template.startswith(TEMPLATE_MARK) else CONTENT_AS_TEXT + template
+    if template.startswith(TEMPLATE_MARK):
+        return template
+    content = "[{'type': 'text', 'text': text}]" if template_takes_parts(template) else "text"
+    return _CONTENT_WRAPPER.replace("CONTENT", content) + template
 
 
 # ---- import -------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
       vision: {train: frozen}                # and the tower's config, feature layer, projector
 
 `fill_native_parts(tree)` writes into the config tree (before it becomes dataclasses) what the
-folder's config.json says, where the file leaves it out: the LLM's `config` and `tokenizer`, the
+folder's config.json says, where the file leaves it out: the LLM's `config` and `tokenizer` (and
+the processor's chat template where the tokenizer has none, as llava-hf's folders keep it), the
 tower's `config` and `feature_layer`, the projector's type (LLaVA: mlp, 2 layers; Voxtral:
 stack_mlp, k = the encoder's intermediate_size / d_model), and for a LLaVA image processor that
 pads to a square, `data.image_resize: pad`. What the file says and the folder contradicts (another
@@ -64,6 +65,10 @@ def fill_native_parts(tree: dict) -> None:
     if "path" not in llm and "config" not in llm:
         llm["config"] = architecture(config["text_config"])
     llm.setdefault("tokenizer", str(folder))
+    if llm["tokenizer"] == str(folder) and "chat_template" not in llm:
+        template = processor_chat_template(Path(folder))
+        if template is not None:  # else mmtune's default (ChatML) would stand in for the model's own
+            llm["chat_template"] = template
     if kind == "llava":
         _fill_llava(model, tree, config, Path(folder))
     else:
@@ -140,6 +145,18 @@ def _fill_voxtral(model: dict, config: dict, folder: Path) -> None:
     projector = audio.setdefault("projector", {})
     _agree(projector, "type", "stack_mlp", "model.audio.projector.type", where)
     _agree(projector, "stack", inner // d_model, "model.audio.projector.stack", where)
+
+
+def processor_chat_template(folder: Path) -> str | None:
+    """The chat template a folder's processor keeps (chat_template.json, as llava-hf's checkpoints do) when
+    its tokenizer has none of its own (chat_template.jinja, or tokenizer_config.json's chat_template)."""
+    if (folder / "chat_template.jinja").is_file():
+        return None
+    tokenizer_config = folder / "tokenizer_config.json"
+    if tokenizer_config.is_file() and _read(tokenizer_config).get("chat_template"):
+        return None
+    processor = folder / "chat_template.json"
+    return _read(processor).get("chat_template") if processor.is_file() else None
 
 
 def whisper_encoder_config(encoder: dict) -> dict:

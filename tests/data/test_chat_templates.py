@@ -38,6 +38,11 @@ GENERATION = ("{% for m in messages %}{% if m.role == 'assistant' %}<|im_start|>
               "{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}\n"
               "{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# as llava-hf's processors: content is only ever a list of parts (a string's characters render as nothing)
+PARTS_ONLY = ("{% for m in messages %}{{ m.role.upper() + ':\\n' }}"
+              "{% for p in m.content | selectattr('type', 'equalto', 'text') %}{{ p.text }}{% endfor %}"
+              "{% if m.role == 'assistant' %}</s>{% endif %}\n{% endfor %}"
+              "{% if add_generation_prompt %}ASSISTANT:\\n{% endif %}")
 FAMILY_TOKENS = ["<start_of_turn>", "<end_of_turn>", "<|begin_of_text|>", "<|start_header_id|>",
                  "<|end_header_id|>", "<|eot_id|>"]
 
@@ -60,17 +65,19 @@ def _ids(tokenizer, text):
 
 
 @pytest.mark.parametrize("template,end", [(QWEN3, "<|im_end|>"), (GEMMA, "<end_of_turn>"),
-                                          (LLAMA31, "<|eot_id|>"), (GENERATION, "<|im_end|>")],
-                         ids=["qwen3", "gemma", "llama3.1", "generation"])
+                                          (LLAMA31, "<|eot_id|>"), (GENERATION, "<|im_end|>"),
+                                          (PARTS_ONLY, "</s>")],
+                         ids=["qwen3", "gemma", "llama3.1", "generation", "llava-parts"])
 @pytest.mark.parametrize("train_on", ["all", "last"])
 def test_every_answer_and_only_the_answers_are_supervised(tokenizer_dir, template, end, train_on):
     tokenizer = _tokenizer(tokenizer_dir, template)
     ids, labels = render_conversation(tokenizer, CHAT, COUNTS, train_on)
     answers = ["three one four", "zero seven eight"] if train_on == "all" else ["zero seven eight"]
     assert supervised_runs(labels) == [_ids(tokenizer, a + end) for a in answers]
-    rendered = tokenizer.apply_chat_template(
-        [{"role": m["role"], "content": "\n".join(p.get("text", "<|audio|>") for p in m["content"])} for m in CHAT],
-        tokenize=False)
+    as_text = [{"role": m["role"], "content": "\n".join(p.get("text", "<|audio|>") for p in m["content"])} for m in CHAT]
+    if template == PARTS_ONLY:  # the text of each message as its one text part
+        as_text = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in as_text]
+    rendered = tokenizer.apply_chat_template(as_text, tokenize=False)
     audio = tokenizer.convert_tokens_to_ids("<|audio|>")
     one_slot = [t for k, t in enumerate(ids.tolist()) if not (t == audio and ids[k - 1] == audio)]
     assert one_slot == _ids(tokenizer, rendered)  # the template's own text, the clip's slot expanded
@@ -122,3 +129,11 @@ def test_the_last_turns_reasoning_is_trained_where_qwen3_renders_it(tokenizer_di
     _, labels = render_conversation(tokenizer, chat, COUNTS)
     assert supervised_runs(labels) == [_ids(tokenizer, "three one four<|im_end|>"),  # earlier: reasoning dropped
                                        _ids(tokenizer, "<think>\ncount them\n</think>\n\nzero seven eight<|im_end|>")]
+
+
+def test_a_template_that_renders_only_content_parts_is_told_from_one_that_takes_strings():
+    from mmtune.data.chat import template_takes_parts
+    from mmtune.model.tokenizer import CHATML_TEMPLATE
+
+    assert template_takes_parts(PARTS_ONLY)
+    assert not any(template_takes_parts(t) for t in (CHATML_TEMPLATE, QWEN3, GEMMA, LLAMA31, GENERATION, None))

@@ -317,3 +317,40 @@ def test_native_folders_that_do_not_fit_are_named(tokenizer_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"data.image_resize: 'crop', but model.init_from .*processor_config.json "
                                           r"\(do_pad True\) has 'pad'"):
         load_config(native_start_config(tmp_path, folder, "vision", extra="data: {image_resize: crop}\n"))
+
+
+def test_a_llava_folder_whose_template_lives_with_its_processor_trains_under_that_template(tokenizer_dir, tmp_path):
+    """As llava-hf's checkpoints: the tokenizer has no chat template, the processor's (chat_template.json)
+    renders content parts only; the import takes it, and the labels are the answers under it."""
+    from mmtune.data.chat import render_conversation
+    from tests.data.test_chat_templates import PARTS_ONLY
+
+    vision_checkpoint(tokenizer_dir, tmp_path / "ckpt")
+    folder = export_checkpoint(tmp_path / "ckpt", tmp_path / "llava")
+    (folder / "chat_template.jinja").unlink()
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": PARTS_ONLY}))
+    cfg = load_config(native_start_config(tmp_path, folder, "vision"))
+    assert cfg.model.llm.chat_template == PARTS_ONLY
+    model, tokenizer = start_model(cfg.model)
+    messages = [{"role": "user", "content": [{"type": "image", "path": "x.png"}, {"type": "text", "text": QUESTION}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "seven"}]}]
+    ids, labels = render_conversation(tokenizer, messages, {"image": [16], "audio": []})
+    text = tokenizer.decode(ids)
+    assert text.startswith("USER:\n") and "ASSISTANT:\nseven" in text
+    assert int((ids == tokenizer.convert_tokens_to_ids("<|image|>")).sum()) == 16
+    assert tokenizer.decode(labels[labels != -100]).startswith("seven")
+    # exported again, its processor's template (the wrapper around the parts-only one) gives mmtune's prompt
+    from transformers import AutoProcessor
+
+    from mmtune.data.chat import render_prompt
+
+    save_checkpoint(model, tokenizer, cfg.model, tmp_path / "trained")
+    processor = AutoProcessor.from_pretrained(export_checkpoint(tmp_path / "trained", tmp_path / "again"))
+    user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    image = Image.open(an_image(tmp_path / "img.png"))
+    inputs = processor(images=image, text=processor.apply_chat_template(user, add_generation_prompt=True),
+                       return_tensors="pt")
+    assert torch.equal(inputs["input_ids"][0], render_prompt(tokenizer, messages, {"image": [16], "audio": []}))

@@ -88,7 +88,7 @@ def test_errors_come_before_the_model_is_built(cfg, capsys, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("the model was built")
 
-    monkeypatch.setattr(loop, "build_model", never)
+    monkeypatch.setattr(loop, "start_model", never)
     for override, message in BAD_SETTINGS:
         if not override.startswith("model.init_from"):
             assert main(["train", cfg, override]) == 1
