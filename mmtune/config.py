@@ -98,6 +98,7 @@ class TowerConfig:
     train: str = "frozen"  # frozen | lora | qlora | full
     feature_layer: int = -2  # vision: hidden state fed to the projector (LLaVA: second to last)
     window_seconds: float = 30.0  # audio: longer clips are encoded in windows of at most this many seconds
+    encoder_input: str = "real"  # audio: real (each clip's own frames) | padded (every clip filled to one window)
     max_tiles: int = 1  # vision: > 1 cuts large images into up to this many tower-sized tiles + an overview
     lr: float | None = None  # this tower's learning rate when it trains (default: train.lr)
     weight_decay: float | None = None  # and weight decay (default: train.weight_decay)
@@ -107,6 +108,7 @@ class TowerConfig:
         _check_rates(self)
         _check_source(self)
         _check_choice("train", self.train, TRAIN_PLANS)
+        _check_choice("encoder_input", self.encoder_input, ENCODER_INPUTS)
         if not isinstance(self.max_tiles, int) or self.max_tiles < 1:
             raise ConfigError(f"max_tiles: {self.max_tiles!r}: give a whole number >= 1 (1: one square per image)")
         if not 0.01 <= float(self.window_seconds):
@@ -216,6 +218,8 @@ class ModelConfig:
         if (self.llm is None) == (self.whisper is None):
             raise ConfigError("llm: give exactly one of model.llm (a causal LLM, with towers bridged into it) or "
                               "model.whisper (Whisper's own encoder-decoder)" + (", not both" if self.llm else ""))
+        if self.vision is not None and self.vision.encoder_input != "real":
+            raise ConfigError("vision.encoder_input: padded encoder input is for the audio tower (model.audio)")
         if self.whisper is not None and (self.audio or self.vision):
             raise ConfigError("whisper: a Whisper model has its own encoder; remove model.audio / model.vision "
                               "(they belong to the bridge, model.llm)")

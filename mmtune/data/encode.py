@@ -45,6 +45,7 @@ class MediaSpec:
     image_tokens: int = 0  # per view (the whole image, or one tile or the overview)
     image_resize: str = "crop"
     max_tiles: int = 1  # > 1: large images become tiles + an overview (mmtune.vision.tiles)
+    audio_pad_frames: int | None = None  # padded encoder input: every clip fills one window (clip + silence)
     transcript: TranscriptSpec | None = None  # Whisper's encoder-decoder: rows are a clip and its decoder tokens
 
     @classmethod
@@ -55,13 +56,14 @@ class MediaSpec:
             config = w.config or AutoConfig.from_pretrained(w.path).to_dict()
             spec.n_mels = int(config.get("num_mel_bins", 80))
             spec.audio_window = 2 * int(config.get("max_source_positions", 1500))  # one window: the encoder's input
-            spec.transcript = TranscriptSpec(w.language, w.task, spec.audio_window if w.encoder_input == "padded"
-                                             else None, int(config.get("max_target_positions", 448)))
+            spec.transcript = TranscriptSpec(w.language, w.task, max_tokens=int(config.get("max_target_positions", 448)))
+            spec.audio_pad_frames = spec.audio_window if w.encoder_input == "padded" else None
         if model.audio is not None:
             audio = model.audio.config or AutoConfig.from_pretrained(model.audio.path).to_dict()
             spec.n_mels = int(audio.get("num_mel_bins", 80))
             spec.audio_stack = model.audio.projector.stack
             spec.audio_window = window_frames(model.audio.window_seconds, int(audio.get("max_source_positions", 1500)))
+            spec.audio_pad_frames = spec.audio_window if model.audio.encoder_input == "padded" else None
         if model.vision is not None:
             vision = model.vision.config or _vision_config(model.vision.path)
             default = ImageSpec.siglip if "siglip" in vision.get("model_type", "") else ImageSpec.clip
@@ -129,7 +131,7 @@ class SampleEncoder:
         with named(sample.source):
             clips = [self._clip_samples(p) for p in _parts(sample.messages, "audio")]
             views = [self._image_views(part) for part in _parts(sample.messages, "image")]
-            frames = [max(_frames(n, f) for f in self.usable_speeds(n)) for n in clips]
+            frames = [self.spec.audio_pad_frames or max(_frames(n, f) for f in self.usable_speeds(n)) for n in clips]
             counts = self._counts(frames, views)
             ids, labels, runs, truncated = self._render(sample, counts)
         return Measure(len(ids), int((labels != IGNORE_INDEX).sum()), sum(clips) / SAMPLE_RATE, runs["audio"],
@@ -204,9 +206,8 @@ class SampleEncoder:
         if rng is not None:
             wave = self._augment_wave(wave, rng)
         self._check_frames(part["path"], len(wave) // HOP_LENGTH)
-        pad = self.spec.transcript.pad_frames if self.spec.transcript is not None else None
-        if pad is not None:  # Whisper's padded input: the clip and silence after it fill the window
-            return padded_log_mel(wave, self.spec.n_mels, pad)  # (n_mels, pad)
+        if self.spec.audio_pad_frames is not None:  # padded input: the clip and silence after it fill the window
+            return padded_log_mel(wave, self.spec.n_mels, self.spec.audio_pad_frames)  # (n_mels, pad)
         return windowed_log_mel(wave, self.spec.n_mels, self.spec.audio_window)  # (n_mels, frames)
 
     def _augment_wave(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -234,18 +235,25 @@ class SampleEncoder:
         return n
 
     @property
+    def _one_window(self) -> bool:
+        """Whether every clip must fit one encoder window: Whisper's encoder-decoder, and padded encoder input."""
+        return self.spec.transcript is not None or self.spec.audio_pad_frames is not None
+
+    @property
     def _max_frames(self) -> int:
-        """The longest clip in mel frames: data.max_audio_seconds, and for Whisper its encoder's window."""
+        """The longest clip in mel frames: data.max_audio_seconds, and the encoder's window where clips fit one."""
         frames = round(float(self.data.max_audio_seconds) * FRAMES_PER_SECOND)
-        return min(frames, self.spec.audio_window) if self.spec.transcript is not None else frames
+        return min(frames, self.spec.audio_window) if self._one_window else frames
 
     def _check_frames(self, path: str, frames: int) -> None:
         if frames == 0:
             raise MediaError(f"audio file {path} is shorter than one 10 ms frame")
         window = self.spec.audio_window / FRAMES_PER_SECOND  # s
-        if self.spec.transcript is not None and frames > self.spec.audio_window:
-            raise MediaError(f"audio file {path} is {frames / FRAMES_PER_SECOND:.1f} s long; a Whisper model hears at "
-                             f"most {window:g} s (its encoder's window): cut the recording into shorter clips")
+        if self._one_window and frames > self.spec.audio_window:
+            who = ("a Whisper model hears" if self.spec.transcript is not None else
+                   "with model.audio.encoder_input: padded the encoder hears")
+            raise MediaError(f"audio file {path} is {frames / FRAMES_PER_SECOND:.1f} s long; {who} at most {window:g} s "
+                             f"(its encoder's window): cut the recording into shorter clips")
         check_duration(path, frames * HOP_LENGTH, self.data.max_audio_seconds, window)
 
     def _image_views(self, part: dict) -> int:

@@ -1,6 +1,6 @@
 """Whisper rows: one clip and its transcript -> the decoder's tokens and labels.
 
-    spec = TranscriptSpec(language="en", task="transcribe", pad_frames=3000)
+    spec = TranscriptSpec(language="en", task="transcribe")
     ids, labels = render_transcript(tokenizer, sample, spec)
     # ids    [<|startoftranscript|>, <|en|>, <|transcribe|>, <|notimestamps|>, three, one, <|endoftext|>]
     # labels [-100,                  -100,   -100,           -100,             three, one, <|endoftext|>]
@@ -28,7 +28,6 @@ from mmtune.model.whisper import EOT, decoder_prompt, language_code
 class TranscriptSpec:
     language: str | None = "en"  # the prompt's language when the row gives none; None: an English-only model
     task: str = "transcribe"  # transcribe | translate
-    pad_frames: int | None = None  # padded encoder input: every clip's features padded to this many mel frames
     max_tokens: int = 448  # decoder positions (max_target_positions): longer rows are dropped
 
 

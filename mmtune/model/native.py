@@ -106,7 +106,9 @@ def to_native(model, tokenizer, cfg: ModelConfig, image: ImageSpec | None = None
     if kind is None:
         raise NativeExportError(f"this model cannot be written as a native transformers model: {why}; "
                                 f"export it with --format llm (the LLM, its towers beside it)")
-    return _to_llava(model, tokenizer, image, image_resize) if kind == "llava" else _to_voxtral(model, tokenizer)
+    if kind == "llava":
+        return _to_llava(model, tokenizer, image, image_resize)
+    return _to_voxtral(model, tokenizer, padded=cfg.audio.encoder_input == "padded")
 
 
 def _to_llava(model, tokenizer, spec: ImageSpec, image_resize: str):
@@ -136,7 +138,7 @@ def _to_llava(model, tokenizer, spec: ImageSpec, image_resize: str):
     return native, processor
 
 
-def _to_voxtral(model, tokenizer):
+def _to_voxtral(model, tokenizer, padded: bool):
     encoder, llm, projector = model.audio_encoder.encoder, model.llm, model.audio_projector
     c = encoder.config
     if projector.stack * c.d_model != c.encoder_ffn_dim:
@@ -144,11 +146,13 @@ def _to_voxtral(model, tokenizer):
                                 f"per token; this model's stack_mlp projector stacks {projector.stack}: export with "
                                 f"--format llm, or train with model.audio.projector.stack "
                                 f"{c.encoder_ffn_dim // c.d_model}")
-    # mmtune encodes a clip's own frames; Voxtral pads each clip to whole 30 s windows (BENCHMARKS.md "Native
-    # formats": the speech example's WER 0.50 in mmtune is 2.16 through the export, which hears the padding)
-    log.warning("Voxtral pads every clip to 30 s windows (%d mel frames) and mmtune trained on the clips' own "
-                "frames (windows of %d): the export computes what mmtune does on whole 30 s windows, and its "
-                "transcripts of shorter clips differ", MAX_FRAMES, model.audio_window)
+    if not (padded and model.audio_window == MAX_FRAMES):
+        # Voxtral pads each clip to whole 30 s windows (BENCHMARKS.md "Native formats": the speech example trained
+        # on its clips' own frames has WER 0.50 in mmtune and 2.16 through the export, which hears the padding)
+        log.warning("Voxtral pads every clip to 30 s windows (%d mel frames) and this model was trained on %s: the "
+                    "export computes what mmtune does on whole 30 s windows, and its transcripts of shorter clips "
+                    "differ (train with model.audio.encoder_input: padded and window_seconds: 30 to match)",
+                    MAX_FRAMES, f"windows of {model.audio_window} frames" if padded else "the clips' own frames")
     audio_config = dict(hidden_size=c.d_model, intermediate_size=c.encoder_ffn_dim, num_hidden_layers=c.encoder_layers,
                         num_attention_heads=c.encoder_attention_heads, num_mel_bins=c.num_mel_bins,
                         max_source_positions=c.max_source_positions, scale_embedding=c.scale_embedding,

@@ -15,14 +15,14 @@ from transformers import AutoFeatureExtractor, AutoTokenizer, LlavaForConditiona
     VoxtralForConditionalGeneration
 
 from mmtune.cli import main
-from mmtune.config import ConfigError, ProjectorConfig, load_config
+from mmtune.config import ConfigError, ModelConfig, ProjectorConfig, TowerConfig, load_config
 from mmtune.errors import CheckpointError
 from mmtune.infer.generate import Predictor, collate_prompts
 from mmtune.model.build import build_model
 from mmtune.model.checkpoint import load_checkpoint, save_checkpoint, start_model
 from mmtune.model.export import ExportError, export_checkpoint
 from tests.model.test_checkpoint import train_steps
-from tests.tiny import TINY_SIGLIP, TINY_WHISPER, tiny_model_config
+from tests.tiny import TINY_CLIP, TINY_SIGLIP, TINY_WHISPER, tiny_model_config
 
 QUESTION = "Which digit is written here?"
 
@@ -206,6 +206,59 @@ def test_speech_export_is_a_voxtral_that_computes_what_mmtune_does_on_30_s_windo
         plain = native.generate(input_ids=input_ids, input_features=mel, max_new_tokens=6, do_sample=False)
     assert torch.equal(plain[:, input_ids.shape[1]:], new)
     assert json.loads((out / "config.json").read_text())["model_type"] == "voxtral"
+
+
+def test_a_model_trained_on_padded_clips_exports_to_a_voxtral_that_transcribes_short_clips_as_mmtune(
+        tokenizer_dir, tmp_path):
+    """model.audio.encoder_input: padded fills every clip to the 30 s window, as Voxtral's processor does: the
+    export then computes what mmtune computes on a 2 s clip too (the same tokens, logits and answer)."""
+    cfg = tiny_model_config(tokenizer_dir, llm="qwen2", vision=False, llm_train="lora", tower_train="lora",
+                            audio_projector=ProjectorConfig(type="stack_mlp", stack=2))
+    cfg.audio.encoder_input = "padded"
+    model, tokenizer = build_model(cfg)
+    ids = [10, 11] + [model.token_ids["audio"]] * 750 + [13, 14, 15]  # a padded window: 1500 frames / 2
+    train_steps(model, dict(input_ids=torch.tensor([ids]), labels=torch.tensor([ids]),
+                            audio_features=torch.randn(1, 80, 3000), audio_lengths=torch.tensor([3000]),
+                            audio_owner=torch.tensor([0])))
+    save_checkpoint(model, tokenizer, cfg, tmp_path / "ckpt")
+    out = export_checkpoint(tmp_path / "ckpt", tmp_path / "out")
+    t = np.arange(32000) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 440 * t) * np.exp(-t)).astype(np.float32)  # 2 s
+    sf.write(tmp_path / "a.wav", wave, 16000)
+    input_ids, mel = voxtral_inputs(out, wave)
+    predictor = Predictor.from_checkpoint(str(tmp_path / "ckpt"), device="cpu")
+    example, batch = mmtune_prompt(predictor, [("audio", str(tmp_path / "a.wav"))], "Transcribe the audio.")
+    assert example.audio[0].shape == (80, 3000)  # the clip and silence after it fill the window
+    # padded first, as the extractor pads (its float64 STFT against mmtune's float32: 0.013 at most here)
+    assert (example.audio[0] - mel[0]).abs().max() <= 0.02
+    assert torch.equal(input_ids[0], example.input_ids)
+    batch["audio_features"] = mel  # the models compared on the same frames
+    logits, new = mmtune_logits_and_answer(predictor, batch)
+    native = VoxtralForConditionalGeneration.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert (native(input_ids=input_ids, input_features=mel).logits - logits).abs().max() <= 1e-4
+        plain = native.generate(input_ids=input_ids, input_features=mel, max_new_tokens=6, do_sample=False)
+    assert torch.equal(plain[:, input_ids.shape[1]:], new)
+
+
+def test_padded_encoder_input_refuses_clips_longer_than_its_window(tokenizer_dir, tmp_path):
+    from mmtune.config import DataConfig
+    from mmtune.data.encode import MediaSpec, SampleEncoder
+    from mmtune.data.formats import Sample
+    from mmtune.errors import DataError
+    from mmtune.model.tokenizer import load_tokenizer
+
+    cfg = tiny_model_config(tokenizer_dir, vision=False)
+    cfg.audio.encoder_input, cfg.audio.window_seconds = "padded", 1.0
+    encoder = SampleEncoder(load_tokenizer(tokenizer_dir), MediaSpec.from_config(cfg, DataConfig()), DataConfig())
+    sf.write(tmp_path / "long.wav", np.zeros(16000 * 2, dtype=np.float32) + 0.1, 16000)
+    sample = Sample([{"role": "user", "content": [{"type": "audio", "path": str(tmp_path / "long.wav")}]},
+                     {"role": "assistant", "content": [{"type": "text", "text": "one"}]}], "m.jsonl:1")
+    with pytest.raises(DataError, match=r"long.wav is 2.0 s long; with model.audio.encoder_input: padded the encoder "
+                                         r"hears at most 1 s"):
+        encoder.measure(sample)
+    with pytest.raises(ConfigError, match="vision.encoder_input: padded encoder input is for the audio tower"):
+        ModelConfig(llm=cfg.llm, vision=TowerConfig(config=dict(TINY_CLIP), encoder_input="padded"))
 
 
 def test_voxtral_export_refuses_a_stack_its_encoder_cannot_reshape(tokenizer_dir, tmp_path):
