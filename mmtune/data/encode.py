@@ -56,7 +56,8 @@ class MediaSpec:
             config = w.config or AutoConfig.from_pretrained(w.path).to_dict()
             spec.n_mels = int(config.get("num_mel_bins", 80))
             spec.audio_window = 2 * int(config.get("max_source_positions", 1500))  # one window: the encoder's input
-            spec.transcript = TranscriptSpec(w.language, w.task, max_tokens=int(config.get("max_target_positions", 448)))
+            spec.transcript = TranscriptSpec(w.language, w.task,
+                                             max_tokens=int(config.get("max_target_positions", 448)))
             spec.audio_pad_frames = spec.audio_window if w.encoder_input == "padded" else None
         if model.audio is not None:
             audio = model.audio.config or AutoConfig.from_pretrained(model.audio.path).to_dict()
@@ -252,8 +253,8 @@ class SampleEncoder:
         if self._one_window and frames > self.spec.audio_window:
             who = ("a Whisper model hears" if self.spec.transcript is not None else
                    "with model.audio.encoder_input: padded the encoder hears")
-            raise MediaError(f"audio file {path} is {frames / FRAMES_PER_SECOND:.1f} s long; {who} at most {window:g} s "
-                             f"(its encoder's window): cut the recording into shorter clips")
+            raise MediaError(f"audio file {path} is {frames / FRAMES_PER_SECOND:.1f} s long; {who} at most "
+                             f"{window:g} s (its encoder's window): cut the recording into shorter clips")
         check_duration(path, frames * HOP_LENGTH, self.data.max_audio_seconds, window)
 
     def _image_views(self, part: dict) -> int:

@@ -166,7 +166,8 @@ def index_key(path: str, encoder: SampleEncoder, data: DataConfig) -> str:
         encoder.tokenizer), "instruction": data.instruction, "system": data.system, "max_length": data.max_length,
         "truncation": data.truncation, "train_on": data.train_on, "columns": data.columns,
         "n_mels": spec.n_mels, "stack": spec.audio_stack, "audio_window": spec.audio_window,
-        "audio_pad_frames": spec.audio_pad_frames, "max_audio_seconds": data.max_audio_seconds, "image": spec.image is not None,
+        "audio_pad_frames": spec.audio_pad_frames, "max_audio_seconds": data.max_audio_seconds,
+        "image": spec.image is not None,
         "image_tokens": spec.image_tokens, "max_tiles": spec.max_tiles, "speeds": encoder.speeds,
         "special_tokens": data.special_tokens}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:20]

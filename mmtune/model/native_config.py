@@ -97,10 +97,10 @@ def _fill_llava(model: dict, tree: dict, config: dict, folder: Path) -> None:
         raise ConfigError(f"{where}: its projector (act {config.get('projector_hidden_act')}, bias "
                           f"{config.get('multimodal_projector_bias')}) is not mmtune's mlp (Linear-GELU-Linear, "
                           f"with biases)")
-    _check_image_processor(tree, folder, family)
+    _check_image_processor(tree, folder, family, int(config["vision_config"].get("image_size", 224)))
 
 
-def _check_image_processor(tree: dict, folder: Path, family: str) -> None:
+def _check_image_processor(tree: dict, folder: Path, family: str, image_size: int) -> None:
     """The folder's image preprocessing is the one mmtune would apply: the same statistics and resample, and
     data.image_resize pad where it pads to a square (its settings are in preprocessor_config.json, or in
     processor_config.json's image_processor as transformers 5 writes them)."""
@@ -112,6 +112,10 @@ def _check_image_processor(tree: dict, folder: Path, family: str) -> None:
                (("image_mean", mean), ("image_std", std), ("resample", BICUBIC))
                if key in fields and (fields[key] != want if key == "resample" else
                                      any(abs(a - b) > 1e-6 for a, b in zip(fields[key], want)))]
+    side = fields.get("crop_size") if fields.get("do_center_crop", True) else fields.get("size")
+    side = side.get("height", side.get("shortest_edge")) if isinstance(side, dict) else side
+    if side is not None and side != image_size:
+        differs.append(f"a {side} px square (mmtune feeds the tower its image_size, {image_size} px)")
     if differs:
         raise ConfigError(f"model.init_from {path}: {'; '.join(differs)}: mmtune would preprocess images differently "
                           f"from this model's processor")

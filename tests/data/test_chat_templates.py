@@ -74,7 +74,8 @@ def test_every_answer_and_only_the_answers_are_supervised(tokenizer_dir, templat
     ids, labels = render_conversation(tokenizer, CHAT, COUNTS, train_on)
     answers = ["three one four", "zero seven eight"] if train_on == "all" else ["zero seven eight"]
     assert supervised_runs(labels) == [_ids(tokenizer, a + end) for a in answers]
-    as_text = [{"role": m["role"], "content": "\n".join(p.get("text", "<|audio|>") for p in m["content"])} for m in CHAT]
+    as_text = [{"role": m["role"], "content": "\n".join(p.get("text", "<|audio|>") for p in m["content"])}
+               for m in CHAT]
     if template == PARTS_ONLY:  # the text of each message as its one text part
         as_text = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in as_text]
     rendered = tokenizer.apply_chat_template(as_text, tokenize=False)

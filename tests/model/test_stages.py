@@ -111,8 +111,8 @@ def test_init_from_a_checkpoint_with_other_sizes(tokenizer_dir, tmp_path):
     cfg.llm.config = dict(cfg.llm.config, intermediate_size=48)
     cfg.init_from = str(tmp_path / "stage1")
     with pytest.raises(CheckpointError, match=rf"model.init_from {tmp_path / 'stage1'}: tensor "
-                                              r"llm.model.layers.0.mlp.down_proj.weight has shape \(32, 64\) but the model "
-                                              r"built from the config has \(32, 48\); the stages must use the same "
+                                              r"llm.model.layers.0.mlp.down_proj.weight has shape \(32, 64\) but "
+                                              r"the model built from the config has \(32, 48\); the stages must use the same "
                                               r"model parts and sizes"):
         start_model(cfg)
 
