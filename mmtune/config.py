@@ -336,6 +336,7 @@ class TrainConfig:
     final: str | None = None  # what final/ holds: best | last (default: best when best_metric is set, else last)
     overwrite: bool = False  # start afresh in an output_dir holding another run: its checkpoints and records go first
     fused_optimizer: bool = False  # torch's fused AdamW (one kernel a step; 5x faster on a CPU, other rounding)
+    fsdp: bool = False  # several processes: shard parameters, gradients, optimizer state (FSDP2, mmtune.train.fsdp)
 
     def __post_init__(self):
         _check_choice("schedule", self.schedule, ("cosine", "linear", "constant"))

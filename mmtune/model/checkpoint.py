@@ -27,6 +27,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -56,11 +58,12 @@ def saved_keys(model) -> list[str]:
 
 
 def save_checkpoint(model, tokenizer, cfg: ModelConfig, folder: str | Path, extra_files: dict | None = None,
-                    data: DataConfig | None = None) -> Path:
+                    data: DataConfig | None = None, state: dict | None = None) -> Path:
     """Write the checkpoint folder atomically; `extra_files` maps names to bytes/str (training state);
-    `data` (the run's data settings: instruction, max_length) is kept for eval and inference."""
+    `data` (the run's data settings: instruction, max_length) is kept for eval and inference; `state`: the
+    model's whole tensors where the caller gathered them (a sharded model: mmtune.train.fsdp.full_state)."""
     folder = Path(folder)
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     tensors = {k: state[k].detach().to("cpu").contiguous().clone() for k in saved_keys(model)}
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
@@ -258,7 +261,10 @@ def load_weights(model, path: Path, dequantize: bool = False) -> None:
     if missing:
         raise CheckpointError(f"{path} lacks {len(missing)} trained tensors (e.g. {missing[0]}): the weights "
                               f"file is incomplete or from another config; use an earlier checkpoint")
-    model.load_state_dict(restore_4bit(model, tensors), strict=False)  # 4-bit weights go in first, whole
+    if any(isinstance(p, DTensor) for p in model.parameters()):  # sharded (FSDP): each process keeps its shard
+        set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        model.load_state_dict(restore_4bit(model, tensors), strict=False)  # 4-bit weights go in first, whole
 
 
 def check_fits(state: dict, tensors: dict, where: str, advice: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, broadcast_object_list, set_seed
+from accelerate.utils import DistributedType, broadcast, broadcast_object_list, set_seed
 
 from mmtune.collators import collate_packed, collate_padded
 from mmtune.config import Config, ConfigError, to_dict
@@ -34,6 +34,7 @@ from mmtune.data.stream import batch_budget, check_budget, epoch_sizes, steps_fo
 from mmtune.errors import CheckpointError, DataError, MmtuneError
 from mmtune.eval.run import evaluate, write_predictions
 from mmtune.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint, start_model
+from mmtune.train.fsdp import full_state, shard
 from mmtune.model.whisper import WhisperASR
 from mmtune.train.best import Best
 from mmtune.train.optim import build_optimizer, build_scheduler
@@ -83,11 +84,22 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path) -> dict:
     check_positions(cfg, model)
     if cfg.train.gradient_checkpointing:
         model.enable_activation_checkpointing()
+    # train.fsdp, or an accelerate FSDP config: mmtune shards the model itself (mmtune.train.fsdp)
+    wants_fsdp = cfg.train.fsdp or accelerator.distributed_type == DistributedType.FSDP
+    fsdp = wants_fsdp and accelerator.num_processes > 1
+    if fsdp and cfg.train.mixed_precision == "fp16":
+        raise ConfigError("train.fsdp with train.mixed_precision fp16: fp16's loss scaling needs accelerate's "
+                          "optimizer wrapper, which a model mmtune shards does not use; use bf16 (or no)")
+    if wants_fsdp and not fsdp:
+        log.info("train.fsdp: one process, nothing to shard; training unsharded")
+    if fsdp:  # before the optimizer is built: it holds the sharded parameters
+        shard(model.to(accelerator.device), _mixed_precision(cfg.train.mixed_precision))
     train_set, eval_set = _datasets(cfg, tokenizer, accelerator)
     length = RunLength.of(cfg, train_set, accelerator.num_processes)
     optimizer = build_optimizer(model, cfg.train, cfg.model)
     scheduler = build_scheduler(optimizer, cfg.train, length.steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not fsdp:  # a sharded model stays as it is: accelerate would wrap it in DDP (or shard it again)
+        model, optimizer = accelerator.prepare(model, optimizer)
     best = Best(cfg.train.best_metric, cfg.train.early_stopping_patience) if cfg.train.best_metric else None
     step, position = 0, {"epoch": 0, "index": 0}
     if resume_dir is not None:
@@ -100,7 +112,7 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path) -> dict:
         resumes = state.get("resumes", []) + resumes
         log.info("resumed from %s at step %d", resume_dir, step)
     run = _Run(cfg, accelerator, model, tokenizer, optimizer, scheduler, train_set, eval_set, out, position,
-               length, best, resumes)
+               length, best, resumes, fsdp)
     return run.loop(step)
 
 
@@ -153,8 +165,9 @@ class _Run:
     """The state of one run, so the loop below reads top to bottom."""
 
     def __init__(self, cfg, accelerator, model, tokenizer, optimizer, scheduler, train_set, eval_set, out, position,
-                 length: RunLength, best: Best | None, resumes: list[dict]):
+                 length: RunLength, best: Best | None, resumes: list[dict], fsdp: bool = False):
         self.cfg, self.acc, self.model, self.tokenizer = cfg, accelerator, model, tokenizer
+        self.fsdp = fsdp  # sharded: every process evaluates and gathers the weights for each save
         self.optimizer, self.scheduler = optimizer, scheduler
         self.train_set, self.eval_set, self.out = train_set, eval_set, out
         self.length, self.best = length, best
@@ -277,10 +290,12 @@ class _Run:
                                              f"`mmtune data check` on it")
 
     def measure(self) -> tuple[dict, list[dict]]:
-        """Eval metrics and prediction records of the model as it is now (main process only)."""
+        """Eval metrics and prediction records of the model as it is now (the main process; under FSDP every
+        process, on the same rows: each forward is a collective)."""
         ev = self.cfg.eval
         metrics, records = evaluate(self.acc.unwrap_model(self.model), self.tokenizer, self.eval_set, ev.metrics,
-                                    ev.max_new_tokens, ev.batch_size, ev.max_samples, progress=True,
+                                    ev.max_new_tokens, ev.batch_size, ev.max_samples,
+                                    progress=self.acc.is_main_process,
                                     group_by=ev.group_by, normalizer_name=ev.normalizer, num_beams=ev.num_beams)
         self.model.train()
         return metrics, records
@@ -291,6 +306,8 @@ class _Run:
         if self.eval_set is None:
             return {}
         metrics, records = {}, []
+        if self.fsdp and not self.acc.is_main_process:
+            self.measure()  # its forwards are collectives; the main process keeps the results
         if self.acc.is_main_process:
             metrics, records = self.measure()
             scalars = {k: v for k, v in metrics.items() if k != "groups"}
@@ -313,23 +330,28 @@ class _Run:
             return
         self.acc.wait_for_everyone()
         folder = self.out / f"{CHECKPOINT_PREFIX}{step}"
+        # sharded: every process gathers the whole weights and optimizer state (collectives); the main one writes
+        state = full_state(self.model) if self.fsdp else None
+        gathered = self._training_files(step) if self.fsdp else None
 
         def write():
-            extra = training_files(step, self.optimizer, self.scheduler, self.position, self.train_set.encoder,
-                                   self.best, config=to_dict(self.cfg), resumes=self.resumes)
-            self._save(folder, extra)
+            self._save(folder, gathered or self._training_files(step), state)
             prune_checkpoints(self.out, self.cfg.train.keep_last, keep=self.best.checkpoint if self.best else None)
 
         on_main(self.acc, write)  # a failed write stops every process with its message
         self.last_checkpoint = folder
         self.saved_step = step
 
-    def _save(self, folder: Path, extra: dict | None = None) -> None:
+    def _training_files(self, step: int) -> dict:
+        return training_files(step, self.optimizer, self.scheduler, self.position, self.train_set.encoder,
+                              self.best, config=to_dict(self.cfg), resumes=self.resumes)
+
+    def _save(self, folder: Path, extra: dict | None = None, state: dict | None = None) -> None:
         """Write a checkpoint folder; weights that are not finite, or a failed write, stop the run naming
         the last good checkpoint (which the failed write never touches)."""
         try:
             save_checkpoint(self.acc.unwrap_model(self.model), self.tokenizer, self.cfg.model, folder, extra,
-                            data=self.cfg.data)
+                            data=self.cfg.data, state=state)
         except CheckpointError as e:
             kept = self.last_checkpoint or "none (no checkpoint was written yet)"
             raise TrainingError(f"{e}. The run stopped; last good checkpoint: {kept}") from None
@@ -339,7 +361,7 @@ class _Run:
         if last not in self.evaluated:
             self.evaluate(last, tracker)
         self.save_checkpoint(last)
-        if not self.acc.is_main_process:
+        if not self.acc.is_main_process and not self.fsdp:
             self.acc.wait_for_everyone()
             return {}
         model = self.acc.unwrap_model(self.model)
@@ -353,9 +375,13 @@ class _Run:
                      self.best.value)
             if final_step not in self.evaluated:  # evaluated before a resume: measure it again for eval.json
                 self.evaluated[final_step] = self.measure()
+        state = full_state(self.model) if self.fsdp else None  # sharded: gathered by every process
+        if not self.acc.is_main_process:
+            self.acc.wait_for_everyone()
+            return {}
         metrics, records = self.evaluated.get(final_step, ({}, []))
         final = self.out / FINAL_DIR
-        self._save(final)
+        self._save(final, state=state)
         if records:
             write_predictions(records, self.out / "predictions.jsonl")
         summary = {"step": final_step, "final": choice, "normalizer": self.cfg.eval.normalizer}

@@ -38,6 +38,7 @@ RECORD_FILES = ("metrics.jsonl", "tb", "eval.json", "report.md", "curves.png", "
 # and the run's length, not the updates already made (the schedule continues over the new length)
 RESUME_MAY_CHANGE = ("train.output_dir", "train.resume", "train.overwrite", "train.log_every", "train.eval_every",
                      "train.save_every", "train.keep_last", "train.cpu_threads", "train.gradient_checkpointing",
+                     "train.fsdp",
                      "train.max_steps", "train.epochs", "train.early_stopping_patience", "data.num_workers",
                      "data.prefetch", "data.eval", "eval.", "base_dir")
 

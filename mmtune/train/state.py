@@ -16,6 +16,7 @@ from safetensors.torch import save
 
 from mmtune.errors import CheckpointError
 from mmtune.model.checkpoint import verify_checksums
+from mmtune.train.fsdp import full_tensor, shard_like
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -28,8 +29,8 @@ def optimizer_files(optimizer: torch.optim.Optimizer) -> tuple[bytes, dict]:
     tensors, scalars = {}, {}
     for index, values in state["state"].items():
         for name, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            if torch.is_tensor(value):  # a sharded (FSDP) tensor is gathered whole: every process calls this
+                tensors[f"{index}.{name}"] = full_tensor(value).detach().cpu().contiguous()
             else:
                 scalars[f"{index}.{name}"] = value
     return save(tensors) if tensors else save({"_empty": torch.zeros(0)}), {"param_groups": state["param_groups"],
@@ -47,6 +48,10 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, meta: dict) -> 
     for key, value in meta["scalars"].items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # the state's indices
+    for index, values in state.items():
+        if index < len(params):  # under FSDP each process keeps its parameter's shard of the whole tensor
+            state[index] = {name: shard_like(v, params[index]) if torch.is_tensor(v) else v for name, v in values.items()}
     try:
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except ValueError as e:  # other parameter groups: a checkpoint of another version or another plan
