@@ -18,9 +18,10 @@ many layers with vision_feature_layer -1 (the same features); an import keeps th
 folder's vision_feature_layer needs. Why Voxtral for speech: of transformers' audio-LLMs, its
 encoder is Whisper's encoder unchanged (Qwen2-Audio and AudioFlamingo3 average-pool the frames
 before the encoder's final layer norm) and its projector is frame stacking + an MLP, which
-mmtune's `stack_mlp` projector computes. Voxtral pads every clip to 30 s windows (375 tokens each);
-mmtune encodes the real frames of a clip, so the two agree on whole 30 s windows and differ on
-shorter clips (measured in BENCHMARKS.md, "Native formats").
+mmtune's `stack_mlp` projector computes. Voxtral pads every clip to 30 s windows (1500 / stack tokens
+each); mmtune encodes the real frames of a clip unless model.audio.encoder_input is padded, so a model
+trained on real frames agrees with its export on whole 30 s windows only (measured in BENCHMARKS.md,
+"Native formats"), one trained padded on every clip.
 """
 
 import copy
@@ -216,8 +217,8 @@ def load_native(model, folder: str | Path) -> set[str]:
         _copy(_inner(model.vision_tower.model), _inner(native.model.vision_tower), f"{folder}: the vision tower",
               skip=("post_layernorm.", "head.") + extra)
         proj = native.model.multi_modal_projector
-        _copy(model.vision_projector, {"mlp.0." + k: v for k, v in proj.linear_1.state_dict().items()} |
-              {"mlp.2." + k: v for k, v in proj.linear_2.state_dict().items()}, f"{folder}: the projector")
+        _copy(model.vision_projector, {**_prefixed(proj.linear_1, "mlp.0."), **_prefixed(proj.linear_2, "mlp.2.")},
+              f"{folder}: the projector")
         return {"llm", "vision_tower", "vision_projector"}
     if model.audio_encoder is None:
         raise CheckpointError(f"model.init_from {folder}: a Voxtral folder needs model.audio in the config")
