@@ -60,10 +60,6 @@ def _layers(module: nn.Module) -> nn.ModuleList | None:
     return max(found, key=len, default=None)
 
 
-def is_sharded(model: nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
 def full_tensor(value: torch.Tensor) -> torch.Tensor:
     """A sharded tensor gathered whole (a collective: every process calls it, in the same order)."""
     return value.full_tensor() if isinstance(value, DTensor) else value

@@ -33,6 +33,7 @@ from mmtune.data.loader import Draws, DrawLog, PlanSampler, draw_batches, worker
 from mmtune.data.stream import batch_budget, check_budget, epoch_sizes, steps_for_epochs
 from mmtune.errors import CheckpointError, DataError, MmtuneError
 from mmtune.eval.run import evaluate, write_predictions
+from mmtune.model.build import part_plans
 from mmtune.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint, start_model
 from mmtune.train.fsdp import full_state, shard
 from mmtune.model.whisper import WhisperASR
@@ -87,6 +88,9 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path) -> dict:
     # train.fsdp, or an accelerate FSDP config: mmtune shards the model itself (mmtune.train.fsdp)
     wants_fsdp = cfg.train.fsdp or accelerator.distributed_type == DistributedType.FSDP
     fsdp = wants_fsdp and accelerator.num_processes > 1
+    if fsdp and cfg.model.kind == "bridge" and "qlora" in part_plans(cfg.model).values():
+        raise ConfigError("train.fsdp with a qlora part: bitsandbytes' 4-bit weights cannot be sharded; use lora "
+                          "(FSDP already divides the base weights by the process count) or run without train.fsdp")
     if fsdp and cfg.train.mixed_precision == "fp16":
         raise ConfigError("train.fsdp with train.mixed_precision fp16: fp16's loss scaling needs accelerate's "
                           "optimizer wrapper, which a model mmtune shards does not use; use bf16 (or no)")
