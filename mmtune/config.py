@@ -18,7 +18,8 @@ import yaml
 from mmtune.errors import ConfigError
 from mmtune.model.native_config import fill_native_parts, native_type
 
-TRAIN_PLANS = ("frozen", "lora", "qlora", "full")  # qlora: 4-bit NF4 base (bitsandbytes) + LoRA
+TRAIN_PLANS = ("frozen", "lora", "qlora", "full", "hft")  # qlora: 4-bit NF4 base (bitsandbytes) + LoRA; hft: Half
+# Fine-Tuning (full, with half of each layer frozen in turn: mmtune.train.hft)
 DEFAULT_MAX_STEPS = 100  # a run's length when neither train.max_steps nor train.epochs is given
 GROUP_COLUMNS = ("voice", "speaker", "task", "language")  # eval.group_by's default, where the rows have them
 LOWER_IS_BETTER = ("loss", "wer", "cer")  # eval metrics; accuracy is the one where higher is better
@@ -95,7 +96,7 @@ class TowerConfig:
 
     path: str | None = None
     config: dict | None = None  # e.g. {model_type: whisper, d_model: 64, ...} for offline tiny models
-    train: str = "frozen"  # frozen | lora | qlora | full
+    train: str = "frozen"  # frozen | lora | qlora | full | hft
     feature_layer: int = -2  # vision: hidden state fed to the projector (LLaVA: second to last)
     window_seconds: float = 30.0  # audio: longer clips are encoded in windows of at most this many seconds
     encoder_input: str = "real"  # audio: real (each clip's own frames) | padded (every clip filled to one window)
@@ -121,7 +122,7 @@ class LLMConfig:
     path: str | None = None
     config: dict | None = None  # e.g. {model_type: qwen2, hidden_size: 64, ...}
     tokenizer: str | None = None  # default: `path`; required with `config`
-    train: str = "lora"  # frozen | lora | qlora | full
+    train: str = "lora"  # frozen | lora | qlora | full | hft
     chat_template: str | None = None  # overrides the tokenizer's template (Jinja text)
     lr: float | None = None  # the LLM's learning rate (default: train.lr)
     weight_decay: float | None = None  # and weight decay (default: train.weight_decay)
@@ -153,6 +154,16 @@ class LoraConfig:
                                                          and all(isinstance(m, str) for m in self.target_modules))):
             raise ConfigError(f"target_modules: {self.target_modules!r}: give all-linear or a list of module names, "
                               f"e.g. [q_proj, v_proj]")
+
+
+@dataclass
+class HftConfig:
+    """Half Fine-Tuning (Hui et al. 2024) for parts with `train: hft` (mmtune.train.hft)."""
+    rounds: int = 4  # the run's steps in this many rounds; each round freezes another half of every layer
+    seed: int = 0  # which halves: drawn from (seed, round, part)
+
+    def __post_init__(self):
+        _check_at_least(self, 1, "rounds")
 
 
 @dataclass
@@ -206,6 +217,7 @@ class ModelConfig:
     vision: TowerConfig | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
     quantization: QuantConfig = field(default_factory=QuantConfig)  # for parts with train: qlora
+    hft: HftConfig = field(default_factory=HftConfig)  # for parts with train: hft
     attn_implementation: str = "auto"  # auto | flash_attention_2 | varlen | sdpa | eager
     dtype: str = "float32"  # float32 | bfloat16 | float16: weights of the base models
     init_seed: int = 0  # seed for parts built from a config (deterministic rebuilds)

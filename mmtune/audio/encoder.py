@@ -57,7 +57,8 @@ def encode_real_frames(enc: nn.Module, features: torch.Tensor, lengths: torch.Te
     x = F.gelu(enc.conv2(x))  # (A, C, F) -> (A, C, T), T = ceil(F / 2)
     x = x.transpose(1, 2)  # (A, C, T) -> (A, T, C)
     out_lengths = whisper_encoder_frames(lengths)  # (A,) encoder frames, computed on the device
-    x = x + enc.embed_positions.weight[: x.shape[1]]
+    # through the module, not its .weight: DeepSpeed ZeRO-3 gathers a parameter when its module runs
+    x = x + enc.embed_positions(torch.arange(x.shape[1], device=x.device))  # (T, C)
     x = F.dropout(x, p=enc.dropout, training=training)
     if runs_packed(enc):
         return _packed_layers(enc, x, out_lengths), out_lengths

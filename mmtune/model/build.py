@@ -145,7 +145,7 @@ def part_owner(model: MultimodalLM, part: str):
 
 
 def part_plans(cfg: ModelConfig) -> dict:
-    """{part: "frozen" | "lora" | "qlora" | "full"}, None for a tower the config does not have."""
+    """{part: "frozen" | "lora" | "qlora" | "full" | "hft"}, None for a tower the config does not have."""
     return {"llm": cfg.llm.train, "audio_encoder": cfg.audio and cfg.audio.train,
             "vision_tower": cfg.vision and cfg.vision.train}
 

@@ -58,10 +58,12 @@ def saved_keys(model) -> list[str]:
 
 
 def save_checkpoint(model, tokenizer, cfg: ModelConfig, folder: str | Path, extra_files: dict | None = None,
-                    data: DataConfig | None = None, state: dict | None = None) -> Path:
+                    data: DataConfig | None = None, state: dict | None = None,
+                    extra_dirs: dict[str, Path] | None = None) -> Path:
     """Write the checkpoint folder atomically; `extra_files` maps names to bytes/str (training state);
     `data` (the run's data settings: instruction, max_length) is kept for eval and inference; `state`: the
-    model's whole tensors where the caller gathered them (a sharded model: mmtune.train.fsdp.full_state)."""
+    model's whole tensors where the caller gathered them (a sharded model: mmtune.train.fsdp.full_state);
+    `extra_dirs` maps names to folders written elsewhere first (DeepSpeed's state), moved in."""
     folder = Path(folder)
     state = model.state_dict() if state is None else state
     tensors = {k: state[k].detach().to("cpu").contiguous().clone() for k in saved_keys(model)}
@@ -84,6 +86,8 @@ def save_checkpoint(model, tokenizer, cfg: ModelConfig, folder: str | Path, extr
         tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         for name, contents in (extra_files or {}).items():
             (tmp / name).write_bytes(contents if isinstance(contents, bytes) else contents.encode())
+        for name, source in (extra_dirs or {}).items():
+            shutil.move(str(source), str(tmp / name))
         sums = {p.name: file_sha256(p) for p in sorted(tmp.glob("*.safetensors"))}
         (tmp / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2))
         replace_dir(tmp, folder)
@@ -248,20 +252,27 @@ def dequantized_config(cfg: ModelConfig) -> ModelConfig:
     return cfg
 
 
-def load_weights(model, path: Path, dequantize: bool = False) -> None:
+def load_weights(model, path: Path, dequantize: bool = False, assign=None) -> None:
     """Load the safetensors file into the rebuilt model, checking names and shapes first. 4-bit base
-    weights (qlora) go back into the model's 4-bit layers, or with `dequantize` into float32 ones."""
+    weights (qlora) go back into the model's 4-bit layers, or with `dequantize` into float32 ones.
+    assign(model, tensors): how the checked tensors go in where an engine partitioned the parameters
+    (DeepSpeed ZeRO-3: mmtune.train.zero.load_full; such a parameter keeps its whole shape in ds_shape)."""
     tensors = read_weights(path)
     if dequantize:
         tensors = dequantize_tensors(tensors)
     state = model.state_dict()
+    if assign is not None:  # a partitioned parameter's state-dict entry is an empty placeholder
+        state = state | {k: torch.empty(p.ds_shape, device="meta") for k, p in model.named_parameters(
+            remove_duplicate=False) if hasattr(p, "ds_shape")}
     check_fits(state, tensors, str(path), f"{CONFIG_FILE} does not match the weights; was the folder mixed with "
                                           f"another run's?")
     missing = sorted(set(saved_keys(model)) - set(tensors))
     if missing:
         raise CheckpointError(f"{path} lacks {len(missing)} trained tensors (e.g. {missing[0]}): the weights "
                               f"file is incomplete or from another config; use an earlier checkpoint")
-    if any(isinstance(p, DTensor) for p in model.parameters()):  # sharded (FSDP): each process keeps its shard
+    if assign is not None:
+        assign(model, tensors)
+    elif any(isinstance(p, DTensor) for p in model.parameters()):  # sharded (FSDP): each process keeps its shard
         set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
     else:
         model.load_state_dict(restore_4bit(model, tensors), strict=False)  # 4-bit weights go in first, whole

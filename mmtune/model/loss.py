@@ -42,7 +42,7 @@ def head_is_plain(llm: nn.Module) -> bool:
 def chunked_loss(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module,
                  chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
     """Summed cross entropy of hidden (N, D) through `head` (D -> V) against targets (N,), chunk by chunk."""
-    vocab = head.weight.shape[0]
+    vocab = head.out_features  # not head.weight's shape: DeepSpeed ZeRO-3 keeps only a shard there
     size = max(1, chunk_elements // vocab)  # positions per chunk
     total = hidden.new_zeros((), dtype=torch.float32)
     for h, y in zip(hidden.split(size), targets.split(size)):

@@ -1,4 +1,5 @@
-"""What is trained, decided when the model is built: `frozen`, `lora`, `qlora` or `full` per part.
+"""What is trained, decided when the model is built: `frozen`, `lora`, `qlora`, `full` or `hft` per part
+(`hft` builds as `full`; the training loop freezes half of each layer in turn: mmtune.train.hft).
 
 LoRA goes through peft (`get_peft_model`), which wraps the base layers; nothing is patched.
 `qlora` first turns the part's linear layers into 4-bit ones (`mmtune.model.quantize`) and
@@ -17,7 +18,7 @@ def apply_plan(module: nn.Module, plan: str, lora: LoraConfig, part: str = "mode
                quantization: QuantConfig | None = None) -> nn.Module:
     """Freeze, fully train, or (Q)LoRA-wrap `module` (`part` names it in errors); returns the module to
     use in its place."""
-    module.requires_grad_(plan == "full")
+    module.requires_grad_(plan in ("full", "hft"))
     if plan not in ("lora", "qlora"):
         return module
     if plan == "qlora":

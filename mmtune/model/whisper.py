@@ -104,7 +104,7 @@ class WhisperASR(nn.Module):
         T = input_ids.shape[1]
         if T > self.position_limit:
             raise ValueError(f"{T} decoder tokens exceed the {self.position_limit} positions of Whisper's decoder")
-        h = decoder.embed_tokens(input_ids) + decoder.embed_positions.weight[:T]  # (B, T, D)
+        h = decoder.embed_tokens(input_ids) + decoder.embed_positions(input_ids)  # (B, T, D): positions 0..T-1
         h = nn.functional.dropout(h, p=decoder.dropout, training=self.training)
         lowest = torch.finfo(h.dtype).min
         causal = torch.full((T, T), lowest, dtype=h.dtype, device=h.device).triu(1)[None, None]  # (1, 1, T, T)

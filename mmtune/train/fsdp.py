@@ -47,14 +47,14 @@ def shard(model, mixed_precision: str = "no") -> None:
 
 def _layer_lists(model) -> list[nn.ModuleList]:
     """The decoder layers of the LLM and the layers of every tower that trains."""
-    lists = [_layers(model.llm)]
+    lists = [transformer_layers(model.llm)]
     for tower in (model.audio_encoder, model.vision_tower):
         if tower is not None and any(p.requires_grad for p in tower.parameters()):
-            lists.append(_layers(tower))
+            lists.append(transformer_layers(tower))
     return [layers for layers in lists if layers is not None]
 
 
-def _layers(module: nn.Module) -> nn.ModuleList | None:
+def transformer_layers(module: nn.Module) -> nn.ModuleList | None:
     """The longest ModuleList named `layers` in a module (a transformer's blocks), or None."""
     found = [m for name, m in module.named_modules() if name.endswith("layers") and isinstance(m, nn.ModuleList)]
     return max(found, key=len, default=None)

@@ -1,4 +1,5 @@
-"""The training loop, start to end, on Accelerate (one process or `accelerate launch`, DDP).
+"""The training loop, start to end, on Accelerate (one process, or `accelerate launch` with DDP, FSDP2 or
+DeepSpeed ZeRO-2/3: mmtune.train.engine).
 
     result = train(load_config("examples/speech_digits/config.yaml"))
 
@@ -15,13 +16,13 @@ many evaluations without improvement; `final/` holds the best or the last weight
 import glob
 import logging
 import math
+import shutil
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, broadcast, broadcast_object_list, set_seed
+from accelerate.utils import broadcast, broadcast_object_list, set_seed
 
 from mmtune.collators import collate_packed, collate_padded
 from mmtune.config import Config, ConfigError, to_dict
@@ -34,16 +35,18 @@ from mmtune.data.stream import batch_budget, check_budget, epoch_sizes, steps_fo
 from mmtune.errors import CheckpointError, DataError, MmtuneError
 from mmtune.eval.run import evaluate, write_predictions
 from mmtune.model.build import part_plans
-from mmtune.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint, start_model
-from mmtune.train.fsdp import full_state, shard
+from mmtune.model.checkpoint import WEIGHTS_FILE, save_checkpoint, start_model
 from mmtune.model.whisper import WhisperASR
 from mmtune.train.best import Best
+from mmtune.train.engine import Engine
+from mmtune.train.hft import HalfFineTuning
 from mmtune.train.optim import build_optimizer, build_scheduler
 from mmtune.train.rundir import (CHECKPOINT_PREFIX, FINAL_DIR, RunDir, checkpoints, config_changes, describe_changes,
                                  find_resume, prune_checkpoints, step_of)
 from mmtune.train.state import load_training_state, saved_config, training_files
 from mmtune.train.report import write_eval_json, write_report
 from mmtune.train.tracker import Tracker, format_progress
+from mmtune.train.zero import accelerator_options
 
 log = logging.getLogger("mmtune")
 
@@ -62,9 +65,8 @@ def train(cfg: Config) -> dict:
     if cfg.train.best_metric and cfg.data.eval is None:
         raise ConfigError("train.best_metric: needs held-out data to measure it on; set data.eval")
     check_data_paths(cfg)
-    # cpu=True without CUDA: `accelerate launch --multi_gpu --num_processes N` then joins N CPU processes over gloo
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision),
-                              cpu=not torch.cuda.is_available())
+    # without CUDA the processes join over gloo (DDP, FSDP and DeepSpeed alike)
+    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision), **accelerator_options())
     out = Path(cfg.train.output_dir)
     # the main process owns output_dir for the run; the others learn whether it claimed or refused it
     run_dir = on_main(accelerator, lambda: RunDir.claim(out, cfg.train.resume, cfg.train.overwrite))
@@ -81,34 +83,27 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path) -> dict:
     set_seed(cfg.train.seed)
     if cfg.train.cpu_threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.train.cpu_threads)
-    model, tokenizer = start_model(cfg.model, device=str(accelerator.device))
+    # DDP, FSDP2 (train.fsdp or an accelerate FSDP config) or DeepSpeed ZeRO (mmtune.train.engine)
+    engine = Engine.choose(cfg, accelerator, _mixed_precision(cfg.train.mixed_precision))
+    with engine.building():
+        model, tokenizer = start_model(cfg.model, device=str(accelerator.device))
     check_positions(cfg, model)
     if cfg.train.gradient_checkpointing:
         model.enable_activation_checkpointing()
-    # train.fsdp, or an accelerate FSDP config: mmtune shards the model itself (mmtune.train.fsdp)
-    wants_fsdp = cfg.train.fsdp or accelerator.distributed_type == DistributedType.FSDP
-    fsdp = wants_fsdp and accelerator.num_processes > 1
-    if fsdp and cfg.model.kind == "bridge" and "qlora" in part_plans(cfg.model).values():
-        raise ConfigError("train.fsdp with a qlora part: bitsandbytes' 4-bit weights cannot be sharded; use lora "
-                          "(FSDP already divides the base weights by the process count) or run without train.fsdp")
-    if fsdp and cfg.train.mixed_precision == "fp16":
-        raise ConfigError("train.fsdp with train.mixed_precision fp16: fp16's loss scaling needs accelerate's "
-                          "optimizer wrapper, which a model mmtune shards does not use; use bf16 (or no)")
-    if wants_fsdp and not fsdp:
-        log.info("train.fsdp: one process, nothing to shard; training unsharded")
-    if fsdp:  # before the optimizer is built: it holds the sharded parameters
-        shard(model.to(accelerator.device), _mixed_precision(cfg.train.mixed_precision))
+    engine.shard(model)  # FSDP2: before the optimizer is built, which then holds the shards
     train_set, eval_set = _datasets(cfg, tokenizer, accelerator)
     length = RunLength.of(cfg, train_set, accelerator.num_processes)
     optimizer = build_optimizer(model, cfg.train, cfg.model)
     scheduler = build_scheduler(optimizer, cfg.train, length.steps)
-    if not fsdp:  # a sharded model stays as it is: accelerate would wrap it in DDP (or shard it again)
-        model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = engine.prepare(model, optimizer)
     best = Best(cfg.train.best_metric, cfg.train.early_stopping_patience) if cfg.train.best_metric else None
     step, position = 0, {"epoch": 0, "index": 0}
     if resume_dir is not None:
-        load_weights(accelerator.unwrap_model(model), resume_dir / WEIGHTS_FILE)
-        state = load_training_state(resume_dir, optimizer, scheduler, train_set.encoder)
+        engine.check_resume(resume_dir)
+        engine.load_weights(accelerator.unwrap_model(model), resume_dir / WEIGHTS_FILE)
+        engine.load_state(model, resume_dir)  # DeepSpeed's optimizer partitions
+        state = load_training_state(resume_dir, None if engine.deepspeed else optimizer, scheduler,
+                                    train_set.encoder)
         step, position = state["step"], state["stream"]
         if best is not None and not best.load_state_dict(state.get("best")):
             log.info("%s tracked no best %s; the best checkpoint is chosen among this run's evaluations from now on",
@@ -116,7 +111,7 @@ def _train(cfg: Config, accelerator: Accelerator, out: Path) -> dict:
         resumes = state.get("resumes", []) + resumes
         log.info("resumed from %s at step %d", resume_dir, step)
     run = _Run(cfg, accelerator, model, tokenizer, optimizer, scheduler, train_set, eval_set, out, position,
-               length, best, resumes, fsdp)
+               length, best, resumes, engine)
     return run.loop(step)
 
 
@@ -169,12 +164,14 @@ class _Run:
     """The state of one run, so the loop below reads top to bottom."""
 
     def __init__(self, cfg, accelerator, model, tokenizer, optimizer, scheduler, train_set, eval_set, out, position,
-                 length: RunLength, best: Best | None, resumes: list[dict], fsdp: bool = False):
+                 length: RunLength, best: Best | None, resumes: list[dict], engine: Engine):
         self.cfg, self.acc, self.model, self.tokenizer = cfg, accelerator, model, tokenizer
-        self.fsdp = fsdp  # sharded: every process evaluates and gathers the weights for each save
+        self.engine = engine
         self.optimizer, self.scheduler = optimizer, scheduler
         self.train_set, self.eval_set, self.out = train_set, eval_set, out
         self.length, self.best = length, best
+        self.hft = (HalfFineTuning.of(accelerator.unwrap_model(model), part_plans(cfg.model), cfg.model.hft.rounds,
+                                      cfg.model.hft.seed, length.steps) if cfg.model.kind == "bridge" else None)
         found = sorted(checkpoints(out), key=step_of)
         self.last_checkpoint: Path | None = found[-1] if found else None  # every checkpoint saved has finite weights
         self.resumes = resumes  # the settings each resume changed: [{"step", "from", "changed"}]
@@ -244,24 +241,27 @@ class _Run:
         idle = None  # modalities idle (dummy input only) in every micro-batch of this process
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
-            with (nullcontext() if last else self.acc.no_sync(self.model)), self.acc.autocast():
+            with self.engine.accumulating(self.model, last), self.acc.autocast():
                 out = self.model(**batch)
                 # DDP averages gradients over processes, so scale by their number to get a global token mean
-                self.acc.backward(out.loss_sum * self.acc.num_processes / total)
+                self.engine.backward(self.model, out.loss_sum * self.acc.num_processes / total)
             loss_sum += out.loss_sum.detach()
             idle = set(out.idle) if idle is None else idle & set(out.idle)
-        if self.acc.num_processes > 1:
+        if self.acc.num_processes > 1 and not self.engine.deepspeed:  # ZeRO's gradients are in its own buffers
             self._skip_idle_parts(idle or set())
+        if self.hft is not None:
+            self.hft.drop_frozen(step)  # this round's frozen half: no gradient, so AdamW leaves it as it is
         loss = float(self.acc.reduce(loss_sum, reduction="sum")) / total
         if not math.isfinite(loss):
             kept = self.last_checkpoint or "none (no checkpoint was written yet)"
             raise TrainingError(f"the loss is {loss} at step {step}; the run stopped. Last good checkpoint: {kept}. "
                                 f"Lower train.lr, enable train.max_grad_norm, or check the data with `mmtune data check`")
-        if self.cfg.train.max_grad_norm:
-            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
-        self.optimizer.step()
+        if not self.engine.deepspeed:  # DeepSpeed clipped and stepped in the last micro-batch's backward
+            if self.cfg.train.max_grad_norm:
+                self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return loss, sum(int(b["input_ids"].numel() if "attention_mask" not in b else b["attention_mask"].sum())
                          for b in batches)
 
@@ -310,7 +310,7 @@ class _Run:
         if self.eval_set is None:
             return {}
         metrics, records = {}, []
-        if self.fsdp and not self.acc.is_main_process:
+        if self.engine.every_process_evaluates and not self.acc.is_main_process:
             self.measure()  # its forwards are collectives; the main process keeps the results
         if self.acc.is_main_process:
             metrics, records = self.measure()
@@ -334,12 +334,18 @@ class _Run:
             return
         self.acc.wait_for_everyone()
         folder = self.out / f"{CHECKPOINT_PREFIX}{step}"
-        # sharded: every process gathers the whole weights and optimizer state (collectives); the main one writes
-        state = full_state(self.model) if self.fsdp else None
-        gathered = self._training_files(step) if self.fsdp else None
+        # sharded: every process gathers the whole weights (and, FSDP, optimizer state: collectives), DeepSpeed
+        # writes its optimizer partitions beside; the main process writes the checkpoint
+        state = self.engine.gather(self.acc.unwrap_model(self.model))
+        dirs = self.engine.save_state(self.model, self.out, step)
+        gathered = self._training_files(step) if self.engine.name == "fsdp" else None
 
         def write():
-            self._save(folder, gathered or self._training_files(step), state)
+            try:
+                self._save(folder, gathered or self._training_files(step), state, dirs)
+            finally:
+                for staged in dirs.values():
+                    shutil.rmtree(staged.parent, ignore_errors=True)
             prune_checkpoints(self.out, self.cfg.train.keep_last, keep=self.best.checkpoint if self.best else None)
 
         on_main(self.acc, write)  # a failed write stops every process with its message
@@ -347,15 +353,17 @@ class _Run:
         self.saved_step = step
 
     def _training_files(self, step: int) -> dict:
-        return training_files(step, self.optimizer, self.scheduler, self.position, self.train_set.encoder,
-                              self.best, config=to_dict(self.cfg), resumes=self.resumes)
+        return training_files(step, None if self.engine.deepspeed else self.optimizer, self.scheduler,
+                              self.position, self.train_set.encoder, self.best, config=to_dict(self.cfg),
+                              resumes=self.resumes, engine=self.engine.record)
 
-    def _save(self, folder: Path, extra: dict | None = None, state: dict | None = None) -> None:
+    def _save(self, folder: Path, extra: dict | None = None, state: dict | None = None,
+              dirs: dict | None = None) -> None:
         """Write a checkpoint folder; weights that are not finite, or a failed write, stop the run naming
         the last good checkpoint (which the failed write never touches)."""
         try:
             save_checkpoint(self.acc.unwrap_model(self.model), self.tokenizer, self.cfg.model, folder, extra,
-                            data=self.cfg.data, state=state)
+                            data=self.cfg.data, state=state, extra_dirs=dirs)
         except CheckpointError as e:
             kept = self.last_checkpoint or "none (no checkpoint was written yet)"
             raise TrainingError(f"{e}. The run stopped; last good checkpoint: {kept}") from None
@@ -365,7 +373,7 @@ class _Run:
         if last not in self.evaluated:
             self.evaluate(last, tracker)
         self.save_checkpoint(last)
-        if not self.acc.is_main_process and not self.fsdp:
+        if not self.acc.is_main_process and not self.engine.every_process_evaluates:
             self.acc.wait_for_everyone()
             return {}
         model = self.acc.unwrap_model(self.model)
@@ -374,12 +382,12 @@ class _Run:
         final_step = last
         if choice == "best" and self.best is not None and self.best.step not in (None, last):
             final_step = self.best.step
-            load_weights(model, self.out / self.best.checkpoint / WEIGHTS_FILE)
+            self.engine.load_weights(model, self.out / self.best.checkpoint / WEIGHTS_FILE)
             log.info("final/ holds the best checkpoint, %s (%s %.4g)", self.best.checkpoint, self.best.metric,
                      self.best.value)
             if final_step not in self.evaluated:  # evaluated before a resume: measure it again for eval.json
                 self.evaluated[final_step] = self.measure()
-        state = full_state(self.model) if self.fsdp else None  # sharded: gathered by every process
+        state = self.engine.gather(model)  # sharded: gathered by every process
         if not self.acc.is_main_process:
             self.acc.wait_for_everyone()
             return {}

@@ -43,7 +43,7 @@ def _duration(seconds: float) -> str:
     return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
 
 
-def _part(name: str, part: dict | None, lora: dict | None) -> str | None:
+def _part(name: str, part: dict | None, lora: dict | None, hft: dict | None = None) -> str | None:
     """One model part: where it comes from and how it trained."""
     if not part:
         return None
@@ -52,6 +52,8 @@ def _part(name: str, part: dict | None, lora: dict | None) -> str | None:
     plan = part.get("train", "?")
     if plan == "lora" and lora:
         plan = f"lora (r={lora.get('r')}, alpha={lora.get('alpha')})"
+    if plan == "hft":
+        plan = f"hft ({(hft or {}).get('rounds', 4)} rounds, half of each layer frozen in turn)"
     line = f"| {name} | {source} | {plan} |"
     projector = part.get("projector")
     if projector:
@@ -63,7 +65,7 @@ def _part(name: str, part: dict | None, lora: dict | None) -> str | None:
 
 def _run_section(config: dict, records: list[dict], extra: dict) -> list[str]:
     model = config.get("model") or {}
-    parts = [_part(n, model.get(k), model.get("lora")) for n, k in (("LLM", "llm"), ("audio encoder", "audio"),
+    parts = [_part(n, model.get(k), model.get("lora"), model.get("hft")) for n, k in (("LLM", "llm"), ("audio encoder", "audio"),
                                                                       ("vision encoder", "vision"))]
     lines = ["## Run", "", "| part | source | trained |", "| --- | --- | --- |"] + [p for p in parts if p]
     loss_steps = series(records, "loss")[0]

@@ -86,18 +86,22 @@ def set_rng_state(path: Path, meta: dict) -> None:
 
 
 def training_files(step: int, optimizer, scheduler, position: dict, encoder, best=None, config: dict | None = None,
-                   resumes: list | None = None) -> dict[str, bytes | str]:
+                   resumes: list | None = None, engine: dict | None = None) -> dict[str, bytes | str]:
     """Everything besides the model that resume needs, as {file name: contents}.
+    optimizer: None where the engine saves the optimizer state itself (DeepSpeed: mmtune.train.zero);
     position: the batch plan's {"epoch", "index"} after the last batch trained on; best: the run's
     `train.best.Best` (which checkpoint is best, how long early stopping has waited) or None;
     config: the run's whole config (a resume compares it with its own); resumes: the settings
-    earlier resumes changed, for the report."""
-    opt_bytes, opt_meta = optimizer_files(optimizer)
-    rng_bytes, rng_meta = rng_state()
+    earlier resumes changed, for the report; engine: `mmtune.train.engine.Engine.record`."""
+    files = {}
+    opt_meta = None
+    if optimizer is not None:
+        files[OPTIMIZER_FILE], opt_meta = optimizer_files(optimizer)
+    files[RNG_FILE], rng_meta = rng_state()
     state = {"step": step, "stream": position, "encoder": encoder.state_dict(), "scheduler": scheduler.state_dict(),
              "optimizer": opt_meta, "rng": rng_meta, "best": best.state_dict() if best is not None else None,
-             "config": config, "resumes": resumes or []}
-    return {OPTIMIZER_FILE: opt_bytes, RNG_FILE: rng_bytes, STATE_FILE: json.dumps(state)}
+             "config": config, "resumes": resumes or [], "engine": engine}
+    return files | {STATE_FILE: json.dumps(state)}
 
 
 def saved_config(folder: Path) -> dict | None:
@@ -113,15 +117,17 @@ def saved_config(folder: Path) -> dict | None:
 
 
 def load_training_state(folder: Path, optimizer, scheduler, encoder) -> dict:
-    """Restore optimizer, schedule, the encoder's seed and RNGs from `folder`; returns the state JSON,
-    whose "stream" is the plan position to continue from."""
-    missing = [n for n in (STATE_FILE, OPTIMIZER_FILE, RNG_FILE) if not (folder / n).exists()]
+    """Restore optimizer (None: the engine restores its own), schedule, the encoder's seed and RNGs from
+    `folder`; returns the state JSON, whose "stream" is the plan position to continue from."""
+    wanted = (STATE_FILE, OPTIMIZER_FILE, RNG_FILE) if optimizer is not None else (STATE_FILE, RNG_FILE)
+    missing = [n for n in wanted if not (folder / n).exists()]
     if missing:
         raise CheckpointError(f"{folder} lacks {', '.join(missing)}: it holds a model but no training state, "
                               f"so a run cannot resume from it (final/ folders cannot; use checkpoint-N)")
     state = json.loads((folder / STATE_FILE).read_text())
-    verify_checksums(folder, (OPTIMIZER_FILE, RNG_FILE))
-    load_optimizer(optimizer, folder / OPTIMIZER_FILE, state["optimizer"])
+    verify_checksums(folder, wanted[1:])
+    if optimizer is not None:
+        load_optimizer(optimizer, folder / OPTIMIZER_FILE, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if "encoder" not in state:
         raise CheckpointError(f"{folder} was written before data draws derived from (seed, epoch, row); its "

@@ -1,6 +1,8 @@
-"""Two processes (DDP over gloo on the CPU) with mixed-modality micro-batches: one process's batch has audio
+"""Two processes (DDP over gloo on the CPU: `accelerate launch --multi_gpu --num_processes 2`, which mmtune's
+Accelerator joins over gloo without CUDA) with mixed-modality micro-batches: one process's batch has audio
 while the other's has none. No hang, no unused-parameter error, and the losses of one process accumulating
-the same global batch, with the audio tower trained and frozen."""
+the same global batch, with the audio tower trained and frozen; a mid-run evaluation and best checkpoint
+decided alike on both processes."""
 
 import json
 import os
@@ -37,7 +39,9 @@ def test_mixed_modality_batches_on_two_processes_match_one_process(tmp_path, tok
     train(load_config(cfg, common + ["train.grad_accum=2", f"output_dir={tmp_path / 'one'}"]))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmtune.cli", "train",
-           cfg, *common, "train.grad_accum=1", f"output_dir={tmp_path / 'two'}"]
+           cfg, *common, "train.grad_accum=1", f"output_dir={tmp_path / 'two'}",
+           # an evaluation in the middle with a best checkpoint: process 0 measures, both decide and save alike
+           "train.eval_every=2", "train.best_metric=loss"]
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -45,6 +49,9 @@ def test_mixed_modality_batches_on_two_processes_match_one_process(tmp_path, tok
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]
     for step in one:
         assert abs(one[step] - two[step]) < 1e-5, (step, one[step], two[step])
+    assert done.stderr.count("trainable:") == 1  # start-up lines come from process 0 only
+    best = json.loads((tmp_path / "two" / "eval.json").read_text())["best"]["checkpoint"]
+    assert best in ("checkpoint-2", "checkpoint-4") and (tmp_path / "two" / best).is_dir()
 
 
 def test_a_run_the_main_process_refuses_stops_every_process_with_its_message(tmp_path, tokenizer_dir):
