@@ -616,7 +616,7 @@ def _add_run_options(p, bench: str) -> None:
     p.add_argument("--json", help=JSON_HELP)
     p.set_defaults(run=_run_bench, bench=bench)
 # mmtune.bench.methods' METHODS and PRESETS, named here so `mmtune --help` needs no torch (a test holds them equal)
-BENCH_METHODS = ("lora", "dora", "rslora", "loraplus", "qlora", "full")
+BENCH_METHODS = ("lora", "dora", "rslora", "loraplus", "qlora", "full", "hft")
 BENCH_METHOD_PRESETS = ("tiny", "0.5b")
 BENCH_WHISPER_PRESETS = ("tiny", "small")  # mmtune.bench.whisper.PRESETS
 

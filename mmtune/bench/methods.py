@@ -6,7 +6,7 @@ Each method runs in a fresh process: the preset's LLM (random weights from its c
 Qwen2.5-0.5B's sizes and 151,936-token vocabulary) built through mmtune's plans for that method,
 AdamW as training builds it (`mmtune.train.optim`), one warm-up step, then `steps` optimizer steps
 on `batch` random sequences of `tokens` tokens, every position supervised. Figures:
-    trainable   parameters the optimizer updates
+    trainable   parameters the optimizer updates (hft: in one round)
     llm_mb      the LLM's parameters and buffers as held (4-bit codes and their scales for qlora)
     peak_mb     peak memory of the measured steps above the resident size before the model was built
                 (VmHWM; on CUDA max_memory_allocated): weights, gradients, optimizer state, activations
@@ -28,6 +28,7 @@ METHODS = {  # name -> (llm plan, model.lora settings)
     "loraplus": ("lora", {"loraplus_lr_ratio": 16.0}),
     "qlora": ("qlora", {}),
     "full": ("full", {}),
+    "hft": ("hft", {}),  # Half Fine-Tuning: one round's half of every layer (mmtune.train.hft)
 }
 PRESETS = {
     "tiny": dict(model_type="qwen2", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -75,6 +76,7 @@ def _measure(args: dict) -> dict:
     from mmtune.config import TrainConfig
     from mmtune.model.quantize import storage_bytes
     from mmtune.model.tokenizer import save_tokenizer, train_tokenizer
+    from mmtune.train.hft import HalfFineTuning
     from mmtune.train.optim import build_optimizer
 
     device = args["device"]
@@ -88,8 +90,11 @@ def _measure(args: dict) -> dict:
         vocab = PRESETS[args["preset"]]["vocab_size"]
         ids = torch.randint(0, vocab, (args["batch"], args["tokens"]), generator=gen).to(device)
         batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
-        resident, seconds, peak = measure_steps(model, optimizer, batch, args["steps"], device, base)
-        return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        hft = HalfFineTuning.of(model, {"llm": METHODS[args["method"]][0]}, 1, 0, args["steps"] + 1)
+        drop = None if hft is None else (lambda: hft.drop_frozen(1))  # round 1's frozen half gets no Adam state
+        resident, seconds, peak = measure_steps(model, optimizer, batch, args["steps"], device, base, drop)
+        frozen = sum(p.numel() for p in hft.frozen) if hft is not None else 0
+        return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad) - frozen,
                 "llm_mb": storage_bytes(model.llm) / 2**20, "peak_mb": (resident + peak) / 2**20,
                 "step_s": seconds / args["steps"]}
 

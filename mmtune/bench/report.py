@@ -155,11 +155,15 @@ def peak_of(fn, device: str) -> tuple[float, float]:
     return seconds, peak - base
 
 
-def measure_steps(model, optimizer, batch: dict, steps: int, device: str, base: float) -> tuple[float, float, float]:
+def measure_steps(model, optimizer, batch: dict, steps: int, device: str, base: float,
+                  after_backward=None) -> tuple[float, float, float]:
     """One warm-up training step on `batch` (the optimizer's state exists from then on), then `steps` timed ones:
-    -> (bytes resident above `base` after the warm-up, seconds of the timed steps, their peak bytes above that)."""
+    -> (bytes resident above `base` after the warm-up, seconds of the timed steps, their peak bytes above that).
+    after_backward(): what the loop does between backward and the optimizer step (HFT drops the frozen half)."""
     def step():
         model(**batch).loss_sum.backward()
+        if after_backward is not None:
+            after_backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

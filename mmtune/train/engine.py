@@ -46,7 +46,7 @@ class Engine:
     def choose(cls, cfg: Config, accelerator, mixed_precision: str) -> "Engine":
         """From the launch (accelerate's distributed type) and train.fsdp; mixed_precision: the one in use."""
         deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-        wants_fsdp = cfg.train.fsdp or accelerator.distributed_type == DistributedType.FSDP
+        wants_fsdp = cfg.train.fsdp or accelerator.distributed_type == DistributedType.FSDP or fsdp_engine.requested()
         if deepspeed and cfg.train.fsdp:
             raise ConfigError("train.fsdp with a DeepSpeed accelerate config: both shard the model; choose one "
                               "(drop train.fsdp, or launch with an FSDP or --multi_gpu config)")

@@ -1,4 +1,5 @@
-"""FSDP2 (torch's `fully_shard`) for a run over several processes: `train.fsdp: true`.
+"""FSDP2 (torch's `fully_shard`) for a run over several processes: `train.fsdp: true`, or an accelerate FSDP
+config (`accelerate launch --config_file accelerate_configs/fsdp2.yaml`).
 
 Each process holds 1/N of every sharded parameter, its gradient and its optimizer state; a unit's
 parameters are gathered for its forward and backward and freed after. The units:
@@ -20,6 +21,7 @@ on every process (each forward is a collective), the main process writing the re
 """
 
 import logging
+import os
 
 import torch
 from torch import nn
@@ -29,6 +31,12 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 log = logging.getLogger("mmtune")
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def requested() -> bool:
+    """`accelerate launch` with an FSDP config (it sets ACCELERATE_USE_FSDP for every process, also on a CPU-only
+    machine, where accelerate itself then runs plain multi-process DDP)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
 def shard(model, mixed_precision: str = "no") -> None:

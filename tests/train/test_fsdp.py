@@ -1,4 +1,4 @@
-"""FSDP2 over two gloo processes on the CPU (`train.fsdp: true`): the losses of one process accumulating the
+"""FSDP2 over two gloo processes on the CPU (`train.fsdp: true`, or the shipped accelerate config): the losses of one process accumulating the
 same global batch, with mixed-modality micro-batches (one process's has audio, the other's none), a tower
 trained and frozen; checkpoints a single process loads; resume exact, under FSDP and under DDP."""
 
@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -21,10 +22,16 @@ COMMON = ["max_steps=4", "eval.metrics=[loss]", "data.batch_size=1", "data.group
           "train.save_every=2"]
 
 
-def two_processes(cfg: str, *overrides: str, fsdp: bool = True) -> str:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmtune.cli", "train",
-           cfg, *COMMON, f"train.fsdp={str(fsdp).lower()}", *overrides]
+CONFIG = Path(__file__).resolve().parents[2] / "accelerate_configs" / "fsdp2.yaml"
+
+
+def two_processes(cfg: str, *overrides: str, fsdp: bool = True, config_file: bool = False) -> str:
+    """Two gloo processes: DDP with train.fsdp=true|false, or (config_file) the shipped FSDP accelerate config."""
+    launcher = ["--config_file", str(CONFIG)] if config_file else ["--multi_gpu", "--num_machines", "1",
+                                                                   "--dynamo_backend", "no"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2", "--mixed_precision",
+           "no", "-m", "mmtune.cli", "train", cfg, *COMMON, *([] if config_file else [f"train.fsdp={str(fsdp).lower()}"]),
+           *overrides]
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -40,7 +47,7 @@ def assert_same_losses(one: dict, two: dict, steps=(1, 2, 3, 4), tolerance: floa
 def test_fsdp_on_two_processes_matches_one_process_and_resumes_exactly(tmp_path, tokenizer_dir):
     cfg = _mixed_run(tmp_path, tokenizer_dir)
     train(load_config(cfg, COMMON + ["train.grad_accum=2", f"output_dir={tmp_path / 'one'}"]))
-    log = two_processes(cfg, f"output_dir={tmp_path / 'two'}")
+    log = two_processes(cfg, f"output_dir={tmp_path / 'two'}", config_file=True)  # the shipped config selects FSDP2
     held = re.search(r"FSDP: (\d+) units over 2 processes; this process holds [\d,]+ of [\d,]+ parameter values "
                      r"\((\d+)%\)", log)
     assert held and int(held.group(1)) > 4 and 45 <= int(held.group(2)) <= 60  # sharded: about half each
@@ -83,10 +90,8 @@ def test_fsdp_on_one_process_trains_unsharded(tmp_path, tokenizer_dir):
 
 
 def test_the_shipped_accelerate_fsdp_config_parses_as_fsdp2():
-    from pathlib import Path
-
     from accelerate.commands.config.config_args import load_config_from_file
 
-    config = load_config_from_file(str(Path(__file__).resolve().parents[2] / "accelerate_configs" / "fsdp2.yaml"))
+    config = load_config_from_file(str(CONFIG))
     assert config.distributed_type == "FSDP" and config.fsdp_config["fsdp_version"] == 2
     assert config.num_processes == 8 and config.mixed_precision == "bf16"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from mmtune.config import load_config
+from mmtune.config import ConfigError, load_config
 from mmtune.model.checkpoint import load_checkpoint
 from mmtune.train.loop import train
 from tests.train.test_fsdp import COMMON, assert_same_losses
@@ -86,3 +86,40 @@ def test_zero3_with_mixed_modality_batches_runs_without_a_hang(tmp_path, tokeniz
     train(load_config(cfg, COMMON + ["train.grad_accum=2", f"output_dir={tmp_path / 'one'}"]))
     launch("zero3.yaml", cfg, f"output_dir={tmp_path / 'two'}")
     assert_same_losses(_losses(tmp_path / "one"), _losses(tmp_path / "two"), tolerance=1e-3)
+
+
+def _accelerator(config: dict, processes: int = 2):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    plugin = SimpleNamespace(deepspeed_config=config, zero_stage=config.get("zero_optimization", {}).get("stage"))
+    return SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=processes,
+                           state=SimpleNamespace(deepspeed_plugin=plugin))
+
+
+def test_mmtunes_settings_go_into_the_deepspeed_config(tmp_path, tokenizer_dir):
+    from mmtune.train.engine import Engine
+
+    cfg = load_config(write_asr_run(tmp_path, tokenizer_dir), ["train.grad_accum=3", "train.max_grad_norm=0.5"])
+    config = {"zero_optimization": {"stage": 3}, "gradient_accumulation_steps": "auto"}
+    engine = Engine.choose(cfg, _accelerator(config), "no")
+    assert engine.name == "zero3" and engine.every_process_evaluates and engine.record == {"name": "zero3",
+                                                                                            "processes": 2}
+    assert config["gradient_accumulation_steps"] == 3 and config["gradient_clipping"] == 0.5
+    assert config["train_micro_batch_size_per_gpu"] == 1 and config["train_batch_size"] == 6
+
+
+@pytest.mark.parametrize("config,overrides,says", [
+    ({"zero_optimization": {"stage": 1}}, [], "ZeRO-2 and ZeRO-3"),
+    ({"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}}, [], "optimizer section"),
+    ({"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}}, [], "offload_param"),
+    ({"zero_optimization": {"stage": 2}}, ["model.llm.train=hft"], "hft"),
+    ({"zero_optimization": {"stage": 2}}, ["train.fsdp=true"], "choose one"),
+], ids=["zero1", "optimizer", "offload", "hft", "fsdp"])
+def test_what_deepspeed_cannot_run_is_refused_by_name(tmp_path, tokenizer_dir, config, overrides, says):
+    from mmtune.train.engine import Engine
+
+    cfg = load_config(write_asr_run(tmp_path, tokenizer_dir), overrides)
+    with pytest.raises(ConfigError, match=says):
+        Engine.choose(cfg, _accelerator(config), "no")
