@@ -7,6 +7,7 @@ Qwen2.5-0.5B's sizes and 151,936-token vocabulary) built through mmtune's plans 
 AdamW as training builds it (`mmtune.train.optim`), one warm-up step, then `steps` optimizer steps
 on `batch` random sequences of `tokens` tokens, every position supervised. Figures:
     trainable   parameters the optimizer updates (hft: in one round)
+    parameters  all of the model's parameters
     llm_mb      the LLM's parameters and buffers as held (4-bit codes and their scales for qlora)
     peak_mb     peak memory of the measured steps above the resident size before the model was built
                 (VmHWM; on CUDA max_memory_allocated): weights, gradients, optimizer state, activations
@@ -95,6 +96,7 @@ def _measure(args: dict) -> dict:
         resident, seconds, peak = measure_steps(model, optimizer, batch, args["steps"], device, base, drop)
         frozen = sum(p.numel() for p in hft.frozen) if hft is not None else 0
         return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad) - frozen,
+                "parameters": sum(p.numel() for p in model.parameters()),
                 "llm_mb": storage_bytes(model.llm) / 2**20, "peak_mb": (resident + peak) / 2**20,
                 "step_s": seconds / args["steps"]}
 

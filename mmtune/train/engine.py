@@ -2,7 +2,7 @@
 
 The loop asks this object and never the engines' own APIs:
 
-    engine = Engine.choose(cfg, accelerator)        # refuses, by name, what an engine cannot run
+    engine = Engine.choose(cfg, accelerator, mixed_precision)   # refuses, by name, what an engine cannot run
     engine.shard(model)                             # FSDP2: before the optimizer is built on the shards
     model, optimizer = engine.prepare(model, optimizer)
     with engine.accumulating(model, last): engine.backward(model, loss)
@@ -124,7 +124,7 @@ class Engine:
         """The model's whole tensors where they are sharded (a collective); None where `module` holds them."""
         if self.name == "fsdp":
             return fsdp_engine.full_state(module)
-        return zero.full_state(module, self.stage) if self.deepspeed else None
+        return zero.full_state(module, self.stage, keep=self.acc.is_main_process) if self.deepspeed else None
 
     def load_weights(self, module, path: Path) -> None:
         load_weights(module, path, assign=zero.load_full if self.stage == 3 else None)
@@ -134,9 +134,9 @@ class Engine:
         -> {checkpoint name: folder} for the checkpoint to move in (nothing for the torch engines)."""
         if not self.deepspeed:
             return {}
-        staging = out / f".engine-{step}"
+        staging = out / f".engine-{step}.tmp-0"  # a killed run's is removed at the next start (RunDir's .*.tmp-*)
         if self.acc.is_main_process:
-            shutil.rmtree(staging, ignore_errors=True)  # a crashed run's
+            shutil.rmtree(staging, ignore_errors=True)
         self.acc.wait_for_everyone()
         zero.save_engine(model, staging)
         self.acc.wait_for_everyone()
@@ -149,7 +149,10 @@ class Engine:
     def check_resume(self, folder: Path) -> None:
         """A DeepSpeed checkpoint resumes under the same stage and process count; a torch one under any torch
         engine (DeepSpeed cannot take its optimizer state)."""
-        saved = json.loads((folder / STATE_FILE).read_text()).get("engine") or {"name": "torch"}
+        try:
+            saved = json.loads((folder / STATE_FILE).read_text()).get("engine") or {"name": "torch"}
+        except (OSError, ValueError):
+            return  # no or damaged training state: load_training_state says so, naming the folder
         if saved == self.record:
             return
         def says(r):

@@ -15,7 +15,8 @@ in every round, as the paper keeps embeddings and head trainable. Units are draw
 (model.hft.seed, round, part), so a resumed run draws the same halves: the round is a function of the
 step alone.
 
-A round is ceil(steps / model.hft.rounds) optimizer steps. The frozen half's gradients are dropped
+Round r of R holds the steps s with floor((s - 1) x R / steps) = r (R at most the run's steps); a resume
+that changes the run's length (train.max_steps, train.epochs) moves the boundaries with it. The frozen half's gradients are dropped
 after backward (`drop_frozen`), before clipping and the optimizer step, so AdamW skips those
 parameters: no update, no weight decay, and their Adam moments kept as they are until a later round
 trains them again. (The paper runs each round as a fine-tuning stage of its own and says nothing of
@@ -25,11 +26,11 @@ reduced): HFT changes which weights move, not the step's cost.
 """
 
 import logging
-import math
 import random
 
 from torch import nn
 
+from mmtune.errors import ConfigError
 from mmtune.train.fsdp import transformer_layers
 
 log = logging.getLogger("mmtune")
@@ -62,9 +63,12 @@ class HalfFineTuning:
         self.parts = {name: transformer_layers(module) for name, module in parts.items()}
         missing = [name for name, layers in self.parts.items() if layers is None]
         if missing:
-            raise ValueError(f"train: hft: the {', '.join(missing)} has no list of transformer layers to halve")
-        self.rounds, self.seed = rounds, seed
-        self.round_steps = max(1, math.ceil(steps / rounds))
+            raise ConfigError(f"train: hft: the {', '.join(missing)} has no `layers` list of transformer layers to "
+                              f"halve; train it full or lora")
+        if rounds > steps:
+            log.warning("model.hft.rounds %d is more than the run's %d steps: %d rounds of one step", rounds, steps,
+                        steps)
+        self.rounds, self.seed, self.steps = min(rounds, max(steps, 1)), seed, max(steps, 1)
         self.current: int | None = None
         self.frozen: list[nn.Parameter] = []
 
@@ -75,7 +79,11 @@ class HalfFineTuning:
 
     def round_of(self, step: int) -> int:
         """0-based round of optimizer step `step` (1-based)."""
-        return min((step - 1) // self.round_steps, self.rounds - 1)
+        return min((step - 1) * self.rounds // self.steps, self.rounds - 1)
+
+    def round_steps(self, r: int) -> tuple[int, int]:
+        """(first, last) optimizer step of round `r`."""
+        return -(-r * self.steps // self.rounds) + 1, -(-(r + 1) * self.steps // self.rounds)
 
     def choose(self, round_index: int) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(training, frozen) parameters of the layers in round `round_index`."""
@@ -101,7 +109,7 @@ class HalfFineTuning:
         if r != self.current:
             training, self.frozen = self.choose(r)
             self.current = r
-            first, last = r * self.round_steps + 1, (r + 1) * self.round_steps
+            first, last = self.round_steps(r)
             trained = sum(p.numel() for p in training)
             log.info("HFT round %d/%d (steps %d-%d): %s of %s layer values train in %s", r + 1, self.rounds, first,
                      last, f"{trained:,}", f"{trained + sum(p.numel() for p in self.frozen):,}",

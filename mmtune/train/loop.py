@@ -16,6 +16,7 @@ many evaluations without improvement; `final/` holds the best or the last weight
 import glob
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -66,25 +67,29 @@ def train(cfg: Config) -> dict:
         raise ConfigError("train.best_metric: needs held-out data to measure it on; set data.eval")
     check_data_paths(cfg)
     # without CUDA the processes join over gloo (DDP, FSDP and DeepSpeed alike)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision), **accelerator_options())
+    precision = _mixed_precision(cfg.train.mixed_precision)
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")  # the launch's (config file or --mixed_precision)
+    if launched and launched != precision:
+        log.warning("the launch asks for mixed precision %s; train.mixed_precision (%s) decides", launched, precision)
+    accelerator = Accelerator(mixed_precision=precision, **accelerator_options())
     out = Path(cfg.train.output_dir)
     # the main process owns output_dir for the run; the others learn whether it claimed or refused it
     run_dir = on_main(accelerator, lambda: RunDir.claim(out, cfg.train.resume, cfg.train.overwrite))
     try:
-        return _train(cfg, accelerator, out)
+        return _train(cfg, accelerator, out, precision)
     finally:
         if run_dir is not None:
             run_dir.release()
 
 
-def _train(cfg: Config, accelerator: Accelerator, out: Path) -> dict:
+def _train(cfg: Config, accelerator: Accelerator, out: Path, precision: str) -> dict:
     resume_dir = find_resume(out, cfg.train.resume)
     resumes = check_resume(resume_dir, cfg)
     set_seed(cfg.train.seed)
     if cfg.train.cpu_threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.train.cpu_threads)
     # DDP, FSDP2 (train.fsdp or an accelerate FSDP config) or DeepSpeed ZeRO (mmtune.train.engine)
-    engine = Engine.choose(cfg, accelerator, _mixed_precision(cfg.train.mixed_precision))
+    engine = Engine.choose(cfg, accelerator, precision)
     with engine.building():
         model, tokenizer = start_model(cfg.model, device=str(accelerator.device))
     check_positions(cfg, model)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmtune.config import LOWER_IS_BETTER
+from mmtune.config import LOWER_IS_BETTER, HftConfig
 from mmtune.train.curves import CURVES_FILE, is_rate, metric_name, plot_curves, series
 from mmtune.train.tracker import EVAL_PREFIX, human, is_number, plain, write_atomic
 
@@ -53,7 +53,7 @@ def _part(name: str, part: dict | None, lora: dict | None, hft: dict | None = No
     if plan == "lora" and lora:
         plan = f"lora (r={lora.get('r')}, alpha={lora.get('alpha')})"
     if plan == "hft":
-        plan = f"hft ({(hft or {}).get('rounds', 4)} rounds, half of each layer frozen in turn)"
+        plan = f"hft ({(hft or {}).get('rounds', HftConfig().rounds)} rounds, half of each layer frozen in turn)"
     line = f"| {name} | {source} | {plan} |"
     projector = part.get("projector")
     if projector:

@@ -19,8 +19,8 @@ Under ZeRO-3 each parameter lives in shards: weights are gathered one module at 
 (`full_state`, a collective) and written back the same way (`load_full`), and every process runs
 each evaluation (a forward gathers the parameters, a collective). Checkpoints hold the whole weights
 (`model.safetensors`, what one process loads) and DeepSpeed's own per-process optimizer partitions
-in `deepspeed/` (`save_engine`), so a resume needs the same ZeRO stage and process count; the run
-directory refuses another.
+in `deepspeed/` (`save_engine`), so a resume needs the same ZeRO stage and process count
+(`mmtune.train.engine.Engine.check_resume` refuses another).
 
 On a machine without CUDA, accelerate joins the processes over gloo when the Accelerator gets
 `accelerator_options()` (DeepSpeed runs its CPU accelerator there; tests/train/test_zero.py).
@@ -139,15 +139,21 @@ def _gathered(module, stage: int, modifier_rank=None):
     return deepspeed.zero.GatheredParameters(list(module.parameters(recurse=False)), modifier_rank=modifier_rank)
 
 
-def full_state(model, stage: int) -> dict[str, torch.Tensor] | None:
-    """The model's whole tensors on the CPU, gathered one module at a time under ZeRO-3 (a collective:
-    every process calls it); None under ZeRO-2, whose processes each hold the whole weights."""
+def _own_tensors(module) -> list[tuple[str, torch.Tensor]]:
+    """A module's own parameters and buffers (not its children's), by name."""
+    return list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+
+
+def full_state(model, stage: int, keep: bool = True) -> dict[str, torch.Tensor] | None:
+    """The model's whole tensors on the CPU, gathered one module at a time under ZeRO-3 (a collective: every
+    process calls it; only `keep`, the process that writes, copies them); None under ZeRO-2, whose
+    processes each hold the whole weights."""
     if stage < 3:
         return None
     state = {}
-    for prefix, module in model.named_modules(remove_duplicate=False):
+    for prefix, module in model.named_modules(remove_duplicate=False):  # tied weights under each name
         with _gathered(module, stage):
-            for name, value in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            for name, value in _own_tensors(module) if keep else ():
                 state[f"{prefix}.{name}" if prefix else name] = value.detach().cpu().clone()
     return state
 
@@ -155,12 +161,11 @@ def full_state(model, stage: int) -> dict[str, torch.Tensor] | None:
 def load_full(model, tensors: dict[str, torch.Tensor]) -> None:
     """Copy whole tensors into a ZeRO-3 model's shards, one module at a time (a collective)."""
     for prefix, module in model.named_modules():
-        with _gathered(module, 3, modifier_rank=0):  # process 0's copy is the one scattered back
-            for name, value in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+        with _gathered(module, 3, modifier_rank=0), torch.no_grad():  # process 0's copy is scattered back
+            for name, value in _own_tensors(module):
                 key = f"{prefix}.{name}" if prefix else name
                 if key in tensors:
-                    with torch.no_grad():
-                        value.copy_(tensors[key].to(value.device, value.dtype))
+                    value.copy_(tensors[key].to(value.device, value.dtype))
 
 
 def save_engine(engine, folder: Path) -> None:
