@@ -27,10 +27,9 @@ CONFIG = Path(__file__).resolve().parents[2] / "accelerate_configs" / "fsdp2.yam
 
 def two_processes(cfg: str, *overrides: str, fsdp: bool = True, config_file: bool = False) -> str:
     """Two gloo processes: DDP with train.fsdp=true|false, or (config_file) the shipped FSDP accelerate config."""
-    launcher = ["--config_file", str(CONFIG)] if config_file else ["--multi_gpu", "--num_machines", "1",
-                                                                   "--dynamo_backend", "no"]
+    launcher = ["--config_file", str(CONFIG)] if config_file else ["--multi_gpu", "--num_machines", "1"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2", "--mixed_precision",
-           "no", "-m", "mmtune.cli", "train", cfg, *COMMON, *([] if config_file else [f"train.fsdp={str(fsdp).lower()}"]),
+           "no", "--dynamo_backend", "no", "-m", "mmtune.cli", "train", cfg, *COMMON, *([] if config_file else [f"train.fsdp={str(fsdp).lower()}"]),
            *overrides]
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)

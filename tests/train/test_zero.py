@@ -28,7 +28,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "accelerate_configs"
 
 def launch(config: str, cfg: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
-           "--num_processes", "2", "--mixed_precision", "no", "-m", "mmtune.cli", "train", cfg, *COMMON, *overrides]
+           "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmtune.cli", "train",
+           cfg, *COMMON, *overrides]
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=400)
     if check:
@@ -66,6 +67,8 @@ def test_zero_on_two_processes_matches_one_process_and_resumes_exactly(tmp_path,
     load_checkpoint(tmp_path / "two" / "final")  # whole weights: a single process loads them
     assert (tmp_path / "two/checkpoint-2/deepspeed").is_dir()
     assert not list(tmp_path.glob("two/.engine-*"))  # the staging folders went into the checkpoints
+    if stage == 2:  # the suite's time: resume is run under ZeRO-3, whose partitions are the harder case
+        return
     folder = tmp_path / "resume"
     shutil.copytree(tmp_path / "two", folder, ignore=shutil.ignore_patterns("checkpoint-4", "final"))
     launch(f"zero{stage}.yaml", cfg, f"output_dir={folder}", "train.resume=auto")
