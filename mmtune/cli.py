@@ -97,24 +97,31 @@ def _add_train(sub) -> None:
         "checkpoint is kept and final/ holds it; train.early_stopping_patience=N stops after N evaluations\n"
         "without improvement. Writes OUTPUT_DIR/{metrics.jsonl, checkpoint-N/, final/, eval.json, report.md,\n"
         "curves.png, predictions.jsonl}. Progress redraws on a terminal and is written as plain lines every\n"
-        "30 s when output goes to a file.",
+        "30 s when output goes to a file.\n"
+        "Several configs are stages of one job, run in order: each is a run of its own (its own output_dir)\n"
+        "and each after the first starts from the previous stage's final/ (model.init_from). Overrides apply to\n"
+        "every stage; N:key=value to stage N only. With resume=auto a finished stage is not run again.",
+        "  mmtune train examples/speech_digits/config.yaml examples/speech_digits/voices.yaml   (the main job)\n"
         "  mmtune train examples/speech_digits/config.yaml\n"
         "  mmtune train examples/speech_digits/config.yaml train.lr=3e-4 data.batching=packed\n"
         "  mmtune train config.yaml max_steps=null epochs=3 train.best_metric=wer train.early_stopping_patience=2\n"
         "  mmtune train config.yaml resume=auto                 continue from the newest checkpoint-N\n"
+        "  mmtune train stage1.yaml stage2.yaml 2:train.max_steps=500 seed=1\n"
         "  accelerate launch --num_processes 2 -m mmtune.cli train config.yaml")
     p.add_argument("config", help="YAML config file (see examples/*/config.yaml)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=3e-4 data.batch_size=8")
+    p.add_argument("overrides", nargs="*", metavar="[config ...] overrides",
+                   help="more YAML configs (later stages), then key.sub=value overrides, e.g. train.lr=3e-4 "
+                        "data.batch_size=8 (N:key=value: stage N only)")
     p.add_argument("--log-all-processes", action="store_true",
                    help="under several processes, print every process's INFO lines (default: process 0's only)")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> int:
-    from mmtune.config import load_config
-    from mmtune.train.loop import train
+    from mmtune.train.stages import train_stages
 
-    metrics = train(load_config(args.config, args.overrides))
+    configs = [args.config] + [item for item in args.overrides if "=" not in item]
+    metrics = train_stages(configs, [item for item in args.overrides if "=" in item])
     if metrics:
         print(json.dumps(metrics, indent=2))
     return 0
@@ -299,8 +306,8 @@ def _add_transcribe(sub) -> None:
         "Files are read with soundfile (WAV, FLAC, OGG/Opus, MP3) and resampled to 16 kHz. A recording may be\n"
         "as long as the run's data.max_audio_seconds (600 s by default); past 30 s it is encoded in 30 s\n"
         "windows, and the transcript may take 4 tokens a second (see --max-new-tokens). The model hears what\n"
-        "it was trained on: the offline speech example's checkpoints know the ten digit words only: the main\n"
-        "job's (runs/speech_digits/final) synthetic voices only, the one after examples/speech_digits/voices.yaml\n"
+        "it was trained on: the offline speech example's checkpoints know the ten digit words only: its stage 1\n"
+        "(runs/speech_digits/final) synthetic voices only, the main job's final model\n"
         "(runs/speech_digits_voices/final) real people too, about 6 words in 10 of a voice it never heard.\n"
         "A Whisper checkpoint (model.whisper) hears at most its encoder's window (30 s) per file and is\n"
         "prompted with its language and task tokens; --num-beams 5 decodes as transformers' pipeline does.",
