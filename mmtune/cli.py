@@ -100,7 +100,8 @@ def _add_train(sub) -> None:
         "30 s when output goes to a file.\n"
         "Several configs are stages of one job, run in order: each is a run of its own (its own output_dir)\n"
         "and each after the first starts from the previous stage's final/ (model.init_from). Overrides apply to\n"
-        "every stage; N:key=value to stage N only. With resume=auto a finished stage is not run again.",
+        "every stage; N:key=value to stage N only. With resume=auto a finished stage before the last is not\n"
+        "run again.",
         "  mmtune train examples/speech_digits/config.yaml examples/speech_digits/voices.yaml   (the main job)\n"
         "  mmtune train examples/speech_digits/config.yaml\n"
         "  mmtune train examples/speech_digits/config.yaml train.lr=3e-4 data.batching=packed\n"

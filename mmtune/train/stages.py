@@ -7,7 +7,8 @@ every stage after the first starts from the previous stage's final/ (its model.i
 that folder), as LLaVA's pretrain -> fine-tune or a curriculum needs. Overrides apply to every
 stage; `N:key=value` applies to stage N only (1-based). All configs are loaded and checked before
 the first stage trains, so a typo in stage 2 does not wait for stage 1 to end. With `resume=...`
-a stage whose output_dir already holds its finished run (final/ and eval.json) is not run again.
+a stage before the last whose output_dir already holds its finished run (final/ and eval.json) is
+not run again; the last stage (or a single config) resumes as `mmtune train` always does.
 """
 
 import json
@@ -65,7 +66,8 @@ def train_stages(paths: list[str], overrides: list[str]) -> dict:
         out = Path(cfg.train.output_dir)
         if len(configs) > 1:
             log.info("stage %d of %d: %s -> %s", number, len(configs), path, out)
-        if cfg.train.resume is not None and (out / FINAL_DIR).is_dir() and (out / EVAL_FILE).is_file():
+        finished = (out / FINAL_DIR).is_dir() and (out / EVAL_FILE).is_file()
+        if number < len(configs) and cfg.train.resume is not None and finished:
             log.info("stage %d finished earlier (%s holds final/ and %s): not run again", number, out, EVAL_FILE)
             metrics = json.loads((out / EVAL_FILE).read_text(encoding="utf-8"))
             continue
