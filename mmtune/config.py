@@ -257,19 +257,28 @@ class AugmentConfig:
     reverb_rt60: list = field(default_factory=lambda: [0.2, 0.8])  # s, [lo, hi]: the room's reverberation time
     band_limit_p: float = 0.0  # probability that a clip is band-limited
     band_limit_rates: list = field(default_factory=lambda: [8000])  # Hz: passed through one of these rates
+    vtlp: list | None = None  # [lo, hi]: vocal tract length warp factor drawn per clip, e.g. [0.9, 1.1]
+    vtlp_p: float = 1.0  # probability that a clip is warped (with vtlp)
+    channel_eq_db: float | None = None  # a random smooth frequency response of up to this many dB, e.g. 6
+    channel_eq_p: float = 1.0  # probability that a clip gets one (with channel_eq_db)
 
     def __post_init__(self):
         _check_at_least(self, 0, "freq_mask", "time_mask", "num_masks")
         if self.speed is not None and not (self.speed and all(isinstance(s, (int, float)) and 0.5 <= s <= 2.0
                                                               for s in self.speed)):
             raise ConfigError(f"speed: {self.speed!r}: give speed factors between 0.5 and 2.0, e.g. [0.9, 1.0, 1.1]")
-        for key in ("noise_p", "reverb_p", "band_limit_p"):
+        for key in ("noise_p", "reverb_p", "band_limit_p", "vtlp_p", "channel_eq_p"):
             if not 0.0 <= float(getattr(self, key)) <= 1.0:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not a probability in [0, 1]")
         for key in ("noise_snr_db", "reverb_rt60"):
             value = getattr(self, key)
             if isinstance(value, list) and not (len(value) == 2 and float(value[0]) <= float(value[1])):
                 raise ConfigError(f"{key}: {value!r} is not a range [lo, hi] with lo <= hi")
+        if self.vtlp is not None and not (isinstance(self.vtlp, list) and len(self.vtlp) == 2
+                                          and 0.5 <= float(self.vtlp[0]) <= float(self.vtlp[1]) <= 2.0):
+            raise ConfigError(f"vtlp: {self.vtlp!r}: give a range [lo, hi] of warp factors in [0.5, 2.0], e.g. [0.9, 1.1]")
+        if self.channel_eq_db is not None and not 0 <= float(self.channel_eq_db) <= 40:
+            raise ConfigError(f"channel_eq_db: {self.channel_eq_db!r}: give the largest gain in dB, in [0, 40], e.g. 6")
         if float(min(self.reverb_rt60)) <= 0:
             raise ConfigError(f"reverb_rt60: {self.reverb_rt60!r}: reverberation times are > 0 s")
         if not self.band_limit_rates or not all(0 < float(r) < 16000 for r in self.band_limit_rates):

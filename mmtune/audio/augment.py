@@ -1,10 +1,14 @@
-"""Training-only audio augmentation: SpecAugment masks, Kaldi speed perturbation, white noise,
-room reverberation, band limiting (telephone audio).
+"""Training-only audio augmentation: on the waveform, Kaldi speed perturbation, white noise, room
+reverberation, band limiting (telephone audio); on the log-mel features, SpecAugment masks, vocal
+tract length perturbation (another speaker) and a random channel response (another microphone).
 
 Every random draw comes from the generator passed in, so a seed fixes the output.
 Never apply these at evaluation time.
 """
 
+import functools
+
+import librosa
 import numpy as np
 import torch
 
@@ -112,3 +116,55 @@ def band_limit(waveform: np.ndarray, rate: float) -> np.ndarray:
     x = np.asarray(waveform, dtype=np.float32)
     out = resample(resample(x, SAMPLE_RATE, rate), rate, SAMPLE_RATE)[: x.size]
     return np.pad(out, (0, x.size - out.size))
+
+
+VTLP_BOUNDARY_HZ = 4800.0  # Jaitly & Hinton (2013): the warp is linear up to here, then bends to keep 8 kHz at 8 kHz
+
+
+@functools.lru_cache(maxsize=None)
+def _mel_centres(n_mels: int) -> np.ndarray:
+    """Centre frequencies (Hz) of the Slaney mel filters `log_mel_spectrogram` uses: (n_mels,)."""
+    return librosa.mel_frequencies(n_mels + 2, fmin=0.0, fmax=SAMPLE_RATE / 2)[1:-1]
+
+
+def vtlp(features: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Vocal tract length perturbation (Jaitly & Hinton 2013) of one clip's log-mel features (n_mels, T):
+    the spectrum's frequencies are scaled by `alpha` (1.1: formants 10% higher, a shorter vocal tract)
+    while the clip's duration and timing are kept, so a speaker sounds like another speaker.
+
+    The warp is f -> alpha f below VTLP_BOUNDARY_HZ * min(alpha, 1) / alpha, then linear to 8 kHz -> 8 kHz.
+    Output bin k takes the input's value at the frequency that warps onto its centre, interpolated
+    between neighbouring bins on the mel scale. Returns a new float32 tensor (n_mels, T). Usual
+    range: alpha in [0.9, 1.1].
+    """
+    if features.dim() != 2:
+        raise ValueError(f"vtlp takes one clip's (n_mels, T) features, got {tuple(features.shape)}")
+    if alpha <= 0:
+        raise ValueError(f"vtlp alpha must be > 0, got {alpha}")
+    n_mels = features.shape[0]
+    centres = _mel_centres(n_mels)  # (n_mels,) Hz
+    nyquist = SAMPLE_RATE / 2
+    bend = VTLP_BOUNDARY_HZ * min(alpha, 1.0) / alpha  # Hz where the warp stops being f -> alpha f
+    # The inverse warp: the input frequency that lands on each output centre.
+    top = alpha * bend  # the warped frequency of the bend
+    source = np.where(centres <= top, centres / alpha,
+                      bend + (centres - top) * (nyquist - bend) / (nyquist - top))  # (n_mels,) Hz
+    mel = librosa.hz_to_mel(centres)
+    position = np.interp(librosa.hz_to_mel(source), mel, np.arange(n_mels, dtype=np.float64))  # (n_mels,) bins
+    low = np.floor(position).astype(np.int64).clip(0, n_mels - 1)
+    high = (low + 1).clip(0, n_mels - 1)
+    frac = torch.from_numpy(position - low).to(features.dtype)[:, None]  # (n_mels, 1)
+    return features[low] * (1 - frac) + features[high] * frac  # (n_mels, T)
+
+
+def channel_eq(features: torch.Tensor, max_db: float, rng: np.random.Generator) -> torch.Tensor:
+    """A random microphone or channel frequency response on one clip's log-mel features (n_mels, T):
+    a smooth gain curve over frequency (the sum of the first four cosines across the mel axis, each
+    with a random amplitude) scaled so its largest gain is a drawn U(0, max_db) dB, applied to every
+    frame. The features are Whisper's (log10 power + 4) / 4, so g dB adds g / 40. Returns a new tensor."""
+    if features.dim() != 2:
+        raise ValueError(f"channel_eq takes one clip's (n_mels, T) features, got {tuple(features.shape)}")
+    axis = np.linspace(0.0, np.pi, features.shape[0])  # (n_mels,)
+    curve = rng.standard_normal(4) @ np.cos(np.arange(1, 5)[:, None] * axis)  # (4,) @ (4, n_mels) -> (n_mels,)
+    curve *= rng.uniform(0.0, max_db) / max(np.abs(curve).max(), 1e-12)  # (n_mels,) dB
+    return features + torch.from_numpy(curve / 40.0).to(features.dtype)[:, None]  # (n_mels, T)

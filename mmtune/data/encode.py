@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig
 
-from mmtune.audio.augment import add_noise, band_limit, reverberate, spec_augment, speed_perturb
+from mmtune.audio.augment import add_noise, band_limit, channel_eq, reverberate, spec_augment, speed_perturb, vtlp
 from mmtune.audio.features import FRAMES_PER_SECOND, HOP_LENGTH, MAX_FRAMES, padded_log_mel, windowed_log_mel
 from mmtune.audio.io import SAMPLE_RATE, check_duration, load_audio, num_samples
 from mmtune.config import DataConfig, ModelConfig
@@ -208,8 +208,20 @@ class SampleEncoder:
             wave = self._augment_wave(wave, rng)
         self._check_frames(part["path"], len(wave) // HOP_LENGTH)
         if self.spec.audio_pad_frames is not None:  # padded input: the clip and silence after it fill the window
-            return padded_log_mel(wave, self.spec.n_mels, self.spec.audio_pad_frames)  # (n_mels, pad)
-        return windowed_log_mel(wave, self.spec.n_mels, self.spec.audio_window)  # (n_mels, frames)
+            features = padded_log_mel(wave, self.spec.n_mels, self.spec.audio_pad_frames)  # (n_mels, pad)
+        else:
+            features = windowed_log_mel(wave, self.spec.n_mels, self.spec.audio_window)  # (n_mels, frames)
+        return features if rng is None else self._augment_features(features, rng)
+
+    def _augment_features(self, features: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """One training draw on the log-mel (n_mels, frames): another vocal tract (vtlp), then another
+        microphone (channel_eq); like the waveform steps, only enabled steps draw from `rng`."""
+        aug = self.data.augment
+        if aug.vtlp is not None and _happens(aug.vtlp_p, rng):
+            features = vtlp(features, _draw(aug.vtlp, rng))
+        if aug.channel_eq_db is not None and _happens(aug.channel_eq_p, rng):
+            features = channel_eq(features, float(aug.channel_eq_db), rng)
+        return features
 
     def _augment_wave(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One training draw of the waveform (n,) at 16 kHz, as a microphone and a room would change it:

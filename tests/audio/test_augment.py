@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmtune.audio.augment import add_noise, band_limit, reverberate, spec_augment, speed_perturb
+from mmtune.audio.augment import add_noise, band_limit, channel_eq, reverberate, spec_augment, speed_perturb, vtlp
+from mmtune.audio.features import log_mel_spectrogram
 
 SR = 16000  # Hz
 
@@ -155,3 +156,34 @@ def test_band_limit_removes_what_is_above_half_the_rate():
     assert np.abs(band_limit(low, 8000)[100:-100] - low[100:-100]).max() < 0.01
     with pytest.raises(ValueError, match="rate"):
         band_limit(x, 16000)
+
+
+def tone_features(hz: float) -> torch.Tensor:
+    """Log-mel (80, 100) of one second of a pure tone."""
+    t = np.arange(SR) / SR
+    return log_mel_spectrogram(np.sin(2 * np.pi * hz * t).astype(np.float32), 80)
+
+
+def test_vtlp_moves_a_tone_to_where_the_scaled_tone_lies_and_keeps_timing():
+    for alpha in (0.9, 1.1):
+        warped = vtlp(tone_features(1000.0), alpha)
+        assert warped.shape == (80, 100)
+        assert int(warped.mean(1).argmax()) == int(tone_features(1000.0 * alpha).mean(1).argmax())
+    x = features()
+    assert torch.equal(vtlp(x, 1.0), x)  # alpha 1: the identity
+    # past the bend the warp returns to the band's edge: a tone near 8 kHz moves at most one bin
+    top = int(tone_features(7800.0).mean(1).argmax())
+    assert all(abs(int(vtlp(tone_features(7800.0), a).mean(1).argmax()) - top) <= 1 for a in (0.9, 1.1))
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        vtlp(x, 0.0)
+
+
+def test_channel_eq_is_one_smooth_seeded_curve_within_its_gain():
+    x = features()
+    gains = [(channel_eq(x, 6.0, np.random.default_rng(seed)) - x) * 40 for seed in range(20)]  # dB, (80, T)
+    for g in gains:
+        assert torch.allclose(g, g[:, :1].expand_as(g), atol=1e-4)  # the same response in every frame
+        assert float(g.abs().max()) <= 6.0 + 1e-4
+        assert float(g[:, 0].diff().abs().max()) < 1.0  # smooth: under 1 dB between neighbouring bins
+    assert max(float(g.abs().max()) for g in gains) > 3.0  # and not a no-op
+    assert torch.equal(channel_eq(x, 6.0, np.random.default_rng(1)), channel_eq(x, 6.0, np.random.default_rng(1)))

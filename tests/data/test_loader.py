@@ -248,6 +248,11 @@ def test_room_and_channel_augmentation_change_the_training_features_as_configure
     a, b = room.example(0, 0).audio[0], room.example(0, 1).audio[0]
     assert a.shape == plain.shape and not torch.equal(a, plain)
     assert not torch.equal(a, b) and torch.equal(a, room.example(0, 0).audio[0])  # drawn per (epoch, row), seeded
+    # another talker and another microphone act on the features, drawn per (epoch, row) too
+    talker = dataset_of(tmp_path, tokenizer_dir, train=True, augment=AugmentConfig(vtlp=[0.8, 0.8], channel_eq_db=6.0))
+    c, d = talker.example(0, 0).audio[0], talker.example(0, 1).audio[0]
+    assert c.shape == plain.shape and not torch.equal(c, plain)
+    assert not torch.equal(c, d) and torch.equal(c, talker.example(0, 0).audio[0])
 
 
 @pytest.mark.parametrize("augment, message", [
@@ -255,6 +260,9 @@ def test_room_and_channel_augmentation_change_the_training_features_as_configure
     ({"noise_snr_db": [30, 10]}, "noise_snr_db: .* is not a range"),
     ({"reverb_rt60": [0.0, 0.5]}, "reverb_rt60: .* > 0 s"),
     ({"band_limit_rates": [16000]}, "band_limit_rates: .* rates in \\(0, 16000\\) Hz"),
+    ({"vtlp": [1.2, 0.8]}, "vtlp: .* a range \\[lo, hi\\] of warp factors"),
+    ({"vtlp_p": -0.1}, "vtlp_p: -0.1 is not a probability"),
+    ({"channel_eq_db": 60}, "channel_eq_db: 60.0: give the largest gain in dB"),
 ])
 def test_bad_augmentation_settings_are_config_errors_naming_the_key(tmp_path, tokenizer_dir, augment, message):
     config = write_asr_run(tmp_path, tokenizer_dir)
