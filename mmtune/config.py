@@ -257,6 +257,8 @@ class AugmentConfig:
     reverb_rt60: list = field(default_factory=lambda: [0.2, 0.8])  # s, [lo, hi]: the room's reverberation time
     band_limit_p: float = 0.0  # probability that a clip is band-limited
     band_limit_rates: list = field(default_factory=lambda: [8000])  # Hz: passed through one of these rates
+    gain_db: list | None = None  # [lo, hi] dB: a louder or quieter microphone, drawn per clip, e.g. [-10, 10]
+    gain_p: float = 1.0  # probability that a clip's level is changed (with gain_db)
     vtlp: list | None = None  # [lo, hi]: vocal tract length warp factor drawn per clip, e.g. [0.9, 1.1]
     vtlp_p: float = 1.0  # probability that a clip is warped (with vtlp)
     channel_eq_db: float | None = None  # a random smooth frequency response of up to this many dB, e.g. 6
@@ -267,10 +269,10 @@ class AugmentConfig:
         if self.speed is not None and not (self.speed and all(isinstance(s, (int, float)) and 0.5 <= s <= 2.0
                                                               for s in self.speed)):
             raise ConfigError(f"speed: {self.speed!r}: give speed factors between 0.5 and 2.0, e.g. [0.9, 1.0, 1.1]")
-        for key in ("noise_p", "reverb_p", "band_limit_p", "vtlp_p", "channel_eq_p"):
+        for key in ("noise_p", "reverb_p", "band_limit_p", "gain_p", "vtlp_p", "channel_eq_p"):
             if not 0.0 <= float(getattr(self, key)) <= 1.0:
                 raise ConfigError(f"{key}: {getattr(self, key)!r} is not a probability in [0, 1]")
-        for key in ("noise_snr_db", "reverb_rt60"):
+        for key in ("noise_snr_db", "reverb_rt60", "gain_db"):
             value = getattr(self, key)
             if isinstance(value, list) and not (len(value) == 2 and float(value[0]) <= float(value[1])):
                 raise ConfigError(f"{key}: {value!r} is not a range [lo, hi] with lo <= hi")

@@ -1,5 +1,5 @@
 """Training-only audio augmentation: on the waveform, Kaldi speed perturbation, white noise, room
-reverberation, band limiting (telephone audio); on the log-mel features, SpecAugment masks, vocal
+reverberation, band limiting (telephone audio), gain (a louder or quieter microphone); on the log-mel features, SpecAugment masks, vocal
 tract length perturbation (another speaker) and a random channel response (another microphone).
 
 Every random draw comes from the generator passed in, so a seed fixes the output.
@@ -116,6 +116,12 @@ def band_limit(waveform: np.ndarray, rate: float) -> np.ndarray:
     x = np.asarray(waveform, dtype=np.float32)
     out = resample(resample(x, SAMPLE_RATE, rate), rate, SAMPLE_RATE)[: x.size]
     return np.pad(out, (0, x.size - out.size))
+
+
+def gain(waveform: np.ndarray, db: float) -> np.ndarray:
+    """The clip `db` dB louder (negative: quieter), unclipped: a microphone's level or a talker's distance.
+    Whisper's log-mel moves by db / 40 where the clip is above its own floor. Returns float32 (n,)."""
+    return (np.asarray(waveform, dtype=np.float32) * np.float32(10.0 ** (db / 20.0))).astype(np.float32)
 
 
 VTLP_BOUNDARY_HZ = 4800.0  # Jaitly & Hinton (2013): the warp is linear up to here, then bends to keep 8 kHz at 8 kHz

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from transformers import AutoConfig
 
-from mmtune.audio.augment import add_noise, band_limit, channel_eq, reverberate, spec_augment, speed_perturb, vtlp
+from mmtune.audio.augment import (add_noise, band_limit, channel_eq, gain, reverberate, spec_augment, speed_perturb,
+                                  vtlp)
 from mmtune.audio.features import FRAMES_PER_SECOND, HOP_LENGTH, MAX_FRAMES, padded_log_mel, windowed_log_mel
 from mmtune.audio.io import SAMPLE_RATE, check_duration, load_audio, num_samples
 from mmtune.config import DataConfig, ModelConfig
@@ -225,7 +226,7 @@ class SampleEncoder:
 
     def _augment_wave(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One training draw of the waveform (n,) at 16 kHz, as a microphone and a room would change it:
-        speed, then room reverberation, then noise, then a band limit (the channel). Only enabled
+        speed, then room reverberation, then noise, then a band limit (the channel), then a gain. Only enabled
         steps draw from `rng`, so turning one on leaves the others' draws of configs without it."""
         aug = self.data.augment
         if len(self.speeds) > 1:
@@ -238,6 +239,8 @@ class SampleEncoder:
         if _happens(aug.band_limit_p, rng):
             rates = aug.band_limit_rates
             wave = band_limit(wave, float(rates[int(rng.integers(len(rates)))]))
+        if aug.gain_db is not None and _happens(aug.gain_p, rng):
+            wave = gain(wave, _draw(aug.gain_db, rng))
         return wave
 
     def _clip_samples(self, part: dict) -> int:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmtune.audio.augment import add_noise, band_limit, channel_eq, reverberate, spec_augment, speed_perturb, vtlp
+from mmtune.audio.augment import (add_noise, band_limit, channel_eq, gain, reverberate, spec_augment, speed_perturb,
+                                  vtlp)
 from mmtune.audio.features import log_mel_spectrogram
 
 SR = 16000  # Hz
@@ -156,6 +157,16 @@ def test_band_limit_removes_what_is_above_half_the_rate():
     assert np.abs(band_limit(low, 8000)[100:-100] - low[100:-100]).max() < 0.01
     with pytest.raises(ValueError, match="rate"):
         band_limit(x, 16000)
+
+
+def test_gain_scales_the_clip_and_shifts_its_log_mel_by_db_over_40():
+    x = tone(1.0, 440.0) * 0.1
+    louder = gain(x, 6.0)
+    assert louder.dtype == np.float32 and np.allclose(louder, x * 10 ** (6 / 20), atol=1e-7)
+    assert np.allclose(gain(louder, -6.0), x, atol=1e-7)
+    a, b = log_mel_spectrogram(x, 80), log_mel_spectrogram(louder, 80)
+    above = a > a.max() - 1.5  # well above the clip's floor (max - 2 in feature units)
+    assert torch.allclose((b - a)[above], torch.full_like(a[above], 6.0 / 40), atol=1e-3)
 
 
 def tone_features(hz: float) -> torch.Tensor:

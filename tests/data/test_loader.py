@@ -253,6 +253,10 @@ def test_room_and_channel_augmentation_change_the_training_features_as_configure
     c, d = talker.example(0, 0).audio[0], talker.example(0, 1).audio[0]
     assert c.shape == plain.shape and not torch.equal(c, plain)
     assert not torch.equal(c, d) and torch.equal(c, talker.example(0, 0).audio[0])
+    # a microphone 6 dB louder: the features move by 6 / 40 where the clip is above its floor
+    louder = dataset_of(tmp_path, tokenizer_dir, train=True, augment=AugmentConfig(gain_db=[6, 6])).example(0, 0).audio[0]
+    above = plain > plain.max() - 1.5
+    assert torch.allclose((louder - plain)[above], torch.full_like(plain[above], 6 / 40), atol=1e-3)
 
 
 @pytest.mark.parametrize("augment, message", [
@@ -260,6 +264,7 @@ def test_room_and_channel_augmentation_change_the_training_features_as_configure
     ({"noise_snr_db": [30, 10]}, "noise_snr_db: .* is not a range"),
     ({"reverb_rt60": [0.0, 0.5]}, "reverb_rt60: .* > 0 s"),
     ({"band_limit_rates": [16000]}, "band_limit_rates: .* rates in \\(0, 16000\\) Hz"),
+    ({"gain_db": [10, -10]}, "gain_db: .* is not a range"),
     ({"vtlp": [1.2, 0.8]}, "vtlp: .* a range \\[lo, hi\\] of warp factors"),
     ({"vtlp_p": -0.1}, "vtlp_p: -0.1 is not a probability"),
     ({"channel_eq_db": 60}, "channel_eq_db: 60.0: give the largest gain in dB"),
