@@ -1,6 +1,7 @@
 """Training-only audio augmentation: on the waveform, Kaldi speed perturbation, white noise, room
-reverberation, band limiting (telephone audio), gain (a louder or quieter microphone); on the log-mel features, SpecAugment masks, vocal
-tract length perturbation (another speaker) and a random channel response (another microphone).
+reverberation, band limiting (telephone audio), gain (a louder or quieter microphone); on the
+log-mel features, SpecAugment masks, vocal tract length perturbation (another speaker) and a
+random channel response (another microphone).
 
 Every random draw comes from the generator passed in, so a seed fixes the output.
 Never apply these at evaluation time.
@@ -121,7 +122,7 @@ def band_limit(waveform: np.ndarray, rate: float) -> np.ndarray:
 def gain(waveform: np.ndarray, db: float) -> np.ndarray:
     """The clip `db` dB louder (negative: quieter), unclipped: a microphone's level or a talker's distance.
     Whisper's log-mel moves by db / 40 where the clip is above its own floor. Returns float32 (n,)."""
-    return (np.asarray(waveform, dtype=np.float32) * np.float32(10.0 ** (db / 20.0))).astype(np.float32)
+    return np.asarray(waveform, dtype=np.float32) * np.float32(10.0 ** (db / 20.0))
 
 
 VTLP_BOUNDARY_HZ = 4800.0  # Jaitly & Hinton (2013): the warp is linear up to here, then bends to keep 8 kHz at 8 kHz
